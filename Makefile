@@ -1,0 +1,40 @@
+# recpipe: `make run` runs the pipeline locally on generated data, `make test` runs the tests.
+# Both set up .venv first; set-up is skipped while the stamp for constraints.txt exists.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONF ?= conf/local.yaml
+SET ?=
+SET_ARGS := $(foreach s,$(SET),--set $(s))
+# The stamp's name carries a hash of what decides the environment, so a change re-runs set-up.
+SETUP_HASH := $(shell cat constraints.txt requirements.txt setup.py | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.setup-$(SETUP_HASH)
+PYTEST_ARGS ?=
+
+.PHONY: help setup run test dist clean-data clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: $(STAMP)  ## create .venv with the pinned stack, check Java 17 (once per constraints)
+
+$(STAMP):
+	@bash scripts/setup.sh $(STAMP)
+
+run: setup  ## generate the default data set and run every pipeline stage locally
+	@bash scripts/run_local.sh $(CONF) $(SET_ARGS)
+
+test: setup  ## run the test suite (real Spark, MLflow, Petastorm; no GPU)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+dist: setup  ## build the wheel that spark-submit ships with --py-files
+	rm -rf dist build
+	$(VENV)/bin/pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	@ls dist/*.whl
+
+clean-data:  ## remove the local data root (var/)
+	rm -rf var
+
+clean: clean-data  ## remove the data root, build outputs and the venv
+	rm -rf dist build lib/*.egg-info $(VENV)

@@ -1,0 +1,3 @@
+"""recpipe: a nightly, distributed recommendation pipeline."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,106 @@
+"""The `recpipe` command line: one sub-command per stage, all sharing --conf and --set.
+
+Every sub-command loads the layered config, sets up logging and calls one library
+function; `jobs/*.py` call the same functions under spark-submit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from typing import Callable, Sequence
+
+from recpipe.config import Config, load_config, parse_date
+from recpipe.errors import RecpipeError
+from recpipe.logs import setup_logging
+
+log = logging.getLogger("recpipe.cli")
+
+DEFAULT_CONF = "conf/local.yaml"
+
+
+def date_arg(text: str) -> dt.date:
+    """argparse type for --date: a real calendar date written YYYY-MM-DD."""
+    try:
+        return parse_date(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}") from None
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--conf", default=DEFAULT_CONF, help=f"profile YAML, layered over base.yaml beside it (default {DEFAULT_CONF})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config key; repeatable")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _with_date(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--date", required=True, type=date_arg, help="the day D to process, YYYY-MM-DD")
+
+
+def cmd_generate(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe.generate import run
+
+    manifest = run(cfg)
+    totals = manifest["totals"]
+    log.info("wrote %d lines (%d clean events) for %d days under %s",
+             totals["lines"], totals["clean_events"], len(manifest["days"]), cfg.table_path("raw_events"))
+
+
+def cmd_show_config(cfg: Config, args: argparse.Namespace) -> None:
+    import yaml
+
+    sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def cmd_locations(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe.tracking import tracking_uri
+
+    print(f"data root:      {cfg.paths.root}")
+    for name in ("raw_events", "raw_items", "manifest", "events", "rejects", "samples", "als", "recommendations"):
+        print(f"  {name:<14}{cfg.table_path(name)}")
+    print(f"MLflow runs:    {tracking_uri(cfg)}")
+    print("  browse them:  make mlflow-ui  (or: .venv/bin/mlflow ui --backend-store-uri <the URI above>)")
+
+
+# name → (handler, help, needs --date)
+COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, bool]] = {
+    "generate": (cmd_generate, "write the synthetic raw logs, item catalogue, truth/ and manifest.json", False),
+    "show-config": (cmd_show_config, "print the resolved configuration as YAML", False),
+    "locations": (cmd_locations, "print where the tables and the MLflow runs are", False),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recpipe", description="Nightly recommendation pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text, needs_date) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        if needs_date:
+            _with_date(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    handler = COMMANDS[args.command][0]
+    try:
+        cfg = load_config(args.conf, args.overrides)
+        handler(cfg, args)
+    except RecpipeError as err:
+        print(f"recpipe {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # anything else is a bug or an infrastructure failure: keep the trace
+        log.exception("stage %s failed", args.command)
+        print(f"recpipe {args.command}: failed: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

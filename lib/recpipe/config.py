@@ -1,0 +1,286 @@
+"""Typed, layered configuration.
+
+`conf/base.yaml` holds every key with its default. A profile (`conf/local.yaml`,
+`conf/cluster.yaml`, or any file) overrides some of them, and `--set section.key=value`
+overrides after that. Everything is checked against the frozen dataclasses below: an
+unknown key, a value of the wrong type, a bad date or a missing file raises `ConfigError`
+naming the key and the file it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from recpipe.errors import ConfigError
+from recpipe.paths import join_uri, normalize_root
+
+BASE_FILE_NAME = "base.yaml"
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML without implicit timestamps: dates stay text until checked against their key,
+    so an impossible date is reported with its key instead of crashing the parser."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    root: str
+
+
+@dataclass(frozen=True)
+class TablesConfig:
+    raw_events: str
+    raw_items: str
+    truth: str
+    manifest: str
+    events: str
+    rejects: str
+    quality: str
+    dim_users: str
+    dim_items: str
+    user_features: str
+    item_features: str
+    sequences: str
+    samples: str
+    als: str
+    recommendations: str
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str
+    app_name: str
+    shuffle_partitions: int
+    driver_memory: str
+    local_dir: str
+    extra: dict
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str
+    artifact_root: str
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    seed: int
+    start_date: dt.date
+    days: int
+    users: int
+    items: int
+    categories: int
+    brands_per_category: int
+    latent_dim: int
+    interests_min: int
+    interests_max: int
+    daily_active_share: float
+    requests_per_active_user: float
+    feed_size: int
+    candidate_interest_share: float
+    history_window: int
+    click_bias: float
+    click_similarity_weight: float
+    click_popularity_weight: float
+    click_position_decay: float
+    cart_rate: float
+    purchase_rate: float
+    epoch_ms_share: float
+    late_rate: float
+    bot_users_per_day: int
+    bot_events_per_hour: int
+    events_per_file: int
+    gzip_level: int
+    rate_malformed_json: float
+    rate_missing_field: float
+    rate_unknown_event_type: float
+    rate_bad_timestamp: float
+    rate_future_timestamp: float
+    rate_invalid_value: float
+    rate_duplicate_same_day: float
+    rate_duplicate_previous_day: float
+
+    @property
+    def dates(self) -> list[dt.date]:
+        return [self.start_date + dt.timedelta(days=i) for i in range(self.days)]
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig
+    tables: TablesConfig
+    spark: SparkConfig
+    mlflow: MlflowConfig
+    generate: GenerateConfig
+    sources: tuple[str, ...] = ()  # the files and overrides this config was built from
+
+    def table_path(self, name: str, date: dt.date | None = None) -> str:
+        """The location of a table by its name in `tables:`, or of one day of it."""
+        try:
+            relative = getattr(self.tables, name)
+        except AttributeError:
+            raise ConfigError(f"unknown table {name!r}: not a key of tables:") from None
+        path = join_uri(self.paths.root, relative)
+        return join_uri(path, f"dt={date.isoformat()}") if date else path
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, YAML-serialisable form of the resolved configuration."""
+        out = {}
+        for field in dataclasses.fields(self):
+            if field.name == "sources":
+                continue
+            section = dataclasses.asdict(getattr(self, field.name))
+            out[field.name] = {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in section.items()}
+        return out
+
+
+SECTIONS: dict[str, type] = {
+    f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config) if f.name != "sources"
+}
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
+    """Load `base.yaml` beside `path`, then `path` itself, then `--set` overrides.
+
+    Args:
+        path: a profile such as `conf/local.yaml`, or `conf/base.yaml` itself.
+        overrides: strings `section.key=value`; the value is parsed as the key's type.
+
+    Returns:
+        The frozen, fully checked configuration.
+
+    Raises:
+        ConfigError: naming the file (or `--set`) and the key at fault.
+    """
+    profile = Path(path)
+    if not profile.is_file():
+        raise ConfigError(f"{profile}: config file not found")
+    base = profile.parent / BASE_FILE_NAME
+    if not base.is_file():
+        raise ConfigError(f"{base}: base config not found (expected beside {profile})")
+
+    merged: dict[str, dict[str, tuple[Any, str]]] = {}
+    layers = [base] if base.resolve() == profile.resolve() else [base, profile]
+    for layer in layers:
+        _merge_file(merged, layer, allow_new_keys=layer is base)
+    for override in overrides:
+        _merge_override(merged, override)
+    return _build(merged, sources=tuple(str(p) for p in layers) + tuple(f"--set {o}" for o in overrides))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def _merge_file(merged: dict, path: Path, allow_new_keys: bool) -> None:
+    for section, values in _read_yaml(path).items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: section {section!r} must be a mapping of keys")
+        known = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(f"{path}: unknown key '{section}.{key}'")
+            if not allow_new_keys and key not in merged.get(section, {}):
+                raise ConfigError(f"{path}: key '{section}.{key}' has no default in {BASE_FILE_NAME}")
+            merged.setdefault(section, {})[key] = (value, str(path))
+
+
+def _merge_override(merged: dict, override: str) -> None:
+    origin = f"--set {override}"
+    name, sep, raw = override.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot:
+        raise ConfigError(f"{origin}: expected section.key=value")
+    if section not in SECTIONS or key not in {f.name for f in dataclasses.fields(SECTIONS[section])}:
+        raise ConfigError(f"{origin}: unknown key '{section}.{key}'")
+    field_type = typing.get_type_hints(SECTIONS[section])[key]
+    merged.setdefault(section, {})[key] = (_parse_override_value(raw, field_type, origin, name), origin)
+
+
+def _parse_override_value(raw: str, field_type: type, origin: str, name: str) -> Any:
+    """Command-line values are text; read them as the key's type, not as free YAML."""
+    if field_type is str:
+        return raw
+    try:
+        return yaml.load(raw, Loader=_Loader)
+    except yaml.YAMLError:
+        raise ConfigError(f"{origin}: '{name}' is not a valid value") from None
+
+
+def _build(merged: dict, sources: tuple[str, ...]) -> Config:
+    sections = {}
+    for section, cls in SECTIONS.items():
+        values = merged.get(section, {})
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for field in dataclasses.fields(cls):
+            if field.name not in values:
+                raise ConfigError(f"{BASE_FILE_NAME}: missing key '{section}.{field.name}'")
+            value, origin = values[field.name]
+            kwargs[field.name] = _coerce(value, hints[field.name], f"{section}.{field.name}", origin)
+        sections[section] = cls(**kwargs)
+    sections["paths"] = PathsConfig(root=normalize_root(sections["paths"].root))
+    return Config(**sections, sources=sources)
+
+
+def _coerce(value: Any, expected: type, key: str, origin: str) -> Any:
+    def wrong(what: str) -> ConfigError:
+        return ConfigError(f"{origin}: '{key}' must be {what}, got {value!r}")
+
+    if expected is dt.date:
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value
+        try:
+            return parse_date(str(value))
+        except ValueError:
+            raise wrong("a date YYYY-MM-DD") from None
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+        return value
+    if expected is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
+        return float(value)
+    if expected is str:
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value
+    if expected is dict:
+        if not isinstance(value, Mapping):
+            raise wrong("a mapping")
+        return dict(value)
+    raise TypeError(f"config field {key} has unsupported type {expected}")
+
+
+def parse_date(text: str) -> dt.date:
+    """Parse a strict YYYY-MM-DD date (raises ValueError otherwise)."""
+    if len(text) != 10:
+        raise ValueError(f"not a date YYYY-MM-DD: {text!r}")
+    return dt.date.fromisoformat(text)

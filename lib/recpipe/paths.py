@@ -1,0 +1,70 @@
+"""Locations under the data root: local paths and URIs (file://, hdfs://, s3a://).
+
+Spark understands all of these itself. Python-side readers and writers (the generator,
+JSON reports) go through `pyarrow.fs`, which understands the same URIs.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+
+def has_scheme(location: str) -> bool:
+    """True for URIs such as file:///x or s3a://bucket/x; False for plain paths."""
+    return len(urlparse(location).scheme) > 1  # one letter is a Windows drive, not a scheme
+
+
+def normalize_root(root: str) -> str:
+    """An absolute form of the data root, so that Spark, workers and tools agree on it."""
+    if has_scheme(root):
+        return root.rstrip("/")
+    return os.path.abspath(os.path.expanduser(root))
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path segments onto a local path or a URI."""
+    if has_scheme(base):
+        return posixpath.join(base.rstrip("/"), *parts)
+    return os.path.join(base, *parts)
+
+
+def filesystem_for(location: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem and the path inside it for a local path or URI.
+
+    pyarrow calls Hadoop's s3a scheme plain s3; the bucket and key are the same.
+    """
+    if not has_scheme(location):
+        return pafs.LocalFileSystem(), os.path.abspath(location)
+    if location.startswith("s3a://"):
+        location = "s3://" + location[len("s3a://"):]
+    return pafs.FileSystem.from_uri(location)
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    """Write a whole file, creating its parent folders."""
+    fs, path = filesystem_for(location)
+    fs.create_dir(posixpath.dirname(path), recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(data)
+
+
+def read_bytes(location: str) -> bytes:
+    fs, path = filesystem_for(location)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def exists(location: str) -> bool:
+    fs, path = filesystem_for(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def delete_dir(location: str) -> None:
+    """Remove a folder and everything under it, if it exists."""
+    fs, path = filesystem_for(location)
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir(path)

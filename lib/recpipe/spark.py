@@ -1,0 +1,40 @@
+"""The one way recpipe builds a SparkSession, under spark-submit or as a plain script."""
+
+from __future__ import annotations
+
+import os
+
+from pyspark.sql import SparkSession
+
+from recpipe.config import Config
+
+
+def session_settings(cfg: Config) -> dict[str, str]:
+    """Spark settings every stage relies on, then the profile's extras."""
+    settings = {
+        "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
+        "spark.driver.memory": cfg.spark.driver_memory,
+        # Timestamps are compared and bucketed into days in UTC, whatever the host says.
+        "spark.sql.session.timeZone": "UTC",
+        # A rerun for day D replaces only the dt=D partition.
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        "spark.sql.parquet.compression.codec": "zstd",
+    }
+    if cfg.spark.local_dir:
+        settings["spark.local.dir"] = cfg.spark.local_dir
+    settings.update({k: str(v) for k, v in cfg.spark.extra.items()})
+    return settings
+
+
+def get_spark(cfg: Config, stage: str) -> SparkSession:
+    """Get (or create) the session for a stage.
+
+    Under spark-submit the master comes from the command line (the JVM is already up and
+    PYSPARK_GATEWAY_PORT is set); otherwise from `spark.master` in the config.
+    """
+    builder = SparkSession.builder.appName(f"{cfg.spark.app_name}-{stage}")
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        builder = builder.master(cfg.spark.master)
+    for key, value in session_settings(cfg).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()

@@ -1,0 +1,45 @@
+"""Where MLflow runs go: the config, else $MLFLOW_TRACKING_URI, else SQLite under the root.
+
+Spark executors and DDP ranks do not inherit the driver's MLflow settings, so the
+resolved URI is passed to them explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+
+from recpipe.config import Config
+from recpipe.paths import has_scheme, join_uri
+
+
+def tracking_uri(cfg: Config) -> str:
+    if cfg.mlflow.tracking_uri:
+        return cfg.mlflow.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if has_scheme(cfg.paths.root) and not cfg.paths.root.startswith("file://"):
+        # A SQLite file cannot live on hdfs:// or s3a://; such roots need a tracking server.
+        raise_missing_server(cfg)
+    # sqlite:/// plus an absolute path gives the four slashes SQLAlchemy wants.
+    return "sqlite:///" + join_uri(local_root(cfg), "mlflow", "mlflow.db")
+
+
+def artifact_root(cfg: Config) -> str:
+    """Artifact location for experiments created against the default SQLite store."""
+    if cfg.mlflow.artifact_root:
+        return cfg.mlflow.artifact_root
+    return "file://" + join_uri(local_root(cfg), "mlflow", "artifacts")
+
+
+def local_root(cfg: Config) -> str:
+    root = cfg.paths.root
+    return root[len("file://"):] if root.startswith("file://") else root
+
+
+def raise_missing_server(cfg: Config) -> None:
+    from recpipe.errors import ConfigError
+
+    raise ConfigError(
+        f"paths.root is {cfg.paths.root}: set mlflow.tracking_uri (or MLFLOW_TRACKING_URI) "
+        "to a tracking server, SQLite needs a local root"
+    )

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Creates .venv with the pinned stack and checks for Java 17. Called by `make setup`;
+# the Makefile skips it when the stamp for the current constraints file exists.
+set -euo pipefail
+
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3.11}
+STAMP=$1
+
+ensure_java17() {
+    if java -version 2>&1 | grep -q 'version "17'; then
+        return
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: Java 17 not found; installing openjdk-17-jre-headless with apt-get"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless
+        return
+    fi
+    echo "setup: Spark 3.5 needs Java 17 and none was found. Install it with:" >&2
+    echo "    sudo apt-get install -y openjdk-17-jre-headless" >&2
+    exit 1
+}
+
+ensure_java17
+if ! command -v "$PYTHON" >/dev/null; then
+    echo "setup: $PYTHON not found; set PYTHON=/path/to/python3.11 (torch 2.13 wheels are built for it)" >&2
+    exit 1
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/pip" install --quiet --upgrade pip
+"$VENV/bin/pip" install --quiet -r requirements.txt -c constraints.txt
+"$VENV/bin/pip" install --quiet --no-deps -e .
+rm -f "$VENV"/.setup-*
+touch "$STAMP"
+echo "setup: environment ready in $VENV"

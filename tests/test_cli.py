@@ -1,0 +1,63 @@
+"""The `recpipe` console script: help, exit codes and one-line reasons."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recpipe.cli import date_arg
+
+REPO = Path(__file__).resolve().parent.parent
+RECPIPE = Path(sys.executable).parent / "recpipe"
+
+
+def recpipe(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run the installed console script, as a user would."""
+    assert RECPIPE.exists(), f"console script missing at {RECPIPE}: run `make setup`"
+    return subprocess.run([str(RECPIPE), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def test_help_lists_subcommands():
+    result = recpipe("--help")
+    assert result.returncode == 0
+    assert "generate" in result.stdout and "show-config" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["generate", "show-config", "locations"])
+def test_each_subcommand_has_help(command):
+    result = recpipe(command, "--help")
+    assert result.returncode == 0 and "--conf" in result.stdout and "--set" in result.stdout
+
+
+def test_unknown_key_exits_nonzero_with_one_line_naming_it():
+    result = recpipe("show-config", "--set", "spark.mastr=local")
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "spark.mastr" in lines[0]
+
+
+def test_missing_conf_file_exits_nonzero_naming_it(tmp_path):
+    result = recpipe("show-config", "--conf", str(tmp_path / "absent.yaml"))
+    assert result.returncode != 0 and "absent.yaml" in result.stderr
+
+
+def test_show_config_prints_resolved_values():
+    result = recpipe("show-config", "--set", "generate.users=123")
+    assert result.returncode == 0
+    assert "users: 123" in result.stdout and "root: " + str(REPO / "var" / "recpipe") in result.stdout
+
+
+@pytest.mark.parametrize("text", ["2026-02-30", "2026-1-5", "20261105", "yesterday"])
+def test_dates_are_validated(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        date_arg(text)
+
+
+def test_valid_date_parses():
+    assert date_arg("2026-11-14").isoformat() == "2026-11-14"

@@ -1,0 +1,145 @@
+"""Layered, typed configuration: errors name the key and the file they came from."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pytest
+
+from recpipe.config import load_config
+from recpipe.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def conf_dir(tmp_path):
+    """A copy of conf/ that a test may write a profile into."""
+    target = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", target)
+    return target
+
+
+def write_profile(conf_dir: Path, text: str) -> Path:
+    profile = conf_dir / "mine.yaml"
+    profile.write_text(text)
+    return profile
+
+
+def test_profiles_layer_over_base_and_set_wins(conf_dir):
+    profile = write_profile(conf_dir, "spark:\n  shuffle_partitions: 3\ngenerate:\n  users: 10\n")
+    cfg = load_config(profile, ["generate.users=7", "spark.master=local[1]"])
+    assert cfg.spark.shuffle_partitions == 3          # from the profile
+    assert cfg.generate.users == 7                    # --set beats the profile
+    assert cfg.spark.master == "local[1]"
+    assert cfg.generate.items == 5000                 # untouched default from base.yaml
+    assert cfg.generate.start_date == dt.date(2026, 11, 1)
+    assert str(profile) in cfg.sources and "--set generate.users=7" in cfg.sources
+
+
+@pytest.mark.parametrize("profile", ["base.yaml", "local.yaml", "cluster.yaml"])
+def test_shipped_profiles_load(profile):
+    cfg = load_config(REPO / "conf" / profile)
+    assert Path(cfg.paths.root).is_absolute() or "://" in cfg.paths.root
+
+
+def test_unknown_key_in_file_names_key_and_file(conf_dir):
+    profile = write_profile(conf_dir, "spark:\n  shuffle_partitons: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(profile)
+    assert str(profile) in str(err.value) and "spark.shuffle_partitons" in str(err.value)
+
+
+def test_unknown_section_names_section_and_file(conf_dir):
+    profile = write_profile(conf_dir, "sparks:\n  master: local\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml.*'sparks'"):
+        load_config(profile)
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("spark:\n  shuffle_partitions: many\n", "spark.shuffle_partitions"),
+        ("spark:\n  shuffle_partitions: 2.5\n", "spark.shuffle_partitions"),
+        ("generate:\n  late_rate: high\n", "generate.late_rate"),
+        ("generate:\n  users: true\n", "generate.users"),
+        ("spark:\n  extra: [1, 2]\n", "spark.extra"),
+        ("paths:\n  root: 12\n", "paths.root"),
+        ("generate:\n  start_date: 2026-02-30\n", "generate.start_date"),
+    ],
+)
+def test_wrong_type_names_key_and_file(conf_dir, text, key):
+    profile = write_profile(conf_dir, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(profile)
+    assert str(profile) in str(err.value) and f"'{key}'" in str(err.value)
+
+
+def test_missing_profile_names_the_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
+        load_config(missing)
+
+
+def test_profile_without_base_beside_it(tmp_path):
+    lonely = tmp_path / "lonely.yaml"
+    lonely.write_text("spark:\n  master: local\n")
+    with pytest.raises(ConfigError, match="base.yaml: base config not found"):
+        load_config(lonely)
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("spark.mastr=local", "unknown key 'spark.mastr'"),
+        ("nosuch.key=1", "unknown key 'nosuch.key'"),
+        ("generate.users=lots", "'generate.users' must be an integer"),
+        ("generate.start_date=2026-13-01", "'generate.start_date' must be a date"),
+        ("generate.users", "expected section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_override(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "conf" / "local.yaml", [override])
+    assert f"--set {override}" in str(err.value) and fragment in str(err.value)
+
+
+def test_string_override_is_kept_verbatim():
+    cfg = load_config(REPO / "conf" / "local.yaml", ["spark.driver_memory=2048", "spark.extra={a.b: 1}"])
+    assert cfg.spark.driver_memory == "2048"
+    assert cfg.spark.extra == {"a.b": 1}
+
+
+@pytest.mark.parametrize(
+    "root, expected",
+    [
+        ("s3a://bucket/recpipe/", "s3a://bucket/recpipe/lake/events/dt=2026-11-02"),
+        ("hdfs://nn:8020/data", "hdfs://nn:8020/data/lake/events/dt=2026-11-02"),
+        ("file:///srv/recpipe", "file:///srv/recpipe/lake/events/dt=2026-11-02"),
+        ("/srv/recpipe", "/srv/recpipe/lake/events/dt=2026-11-02"),
+    ],
+)
+def test_roots_may_be_paths_or_uris(root, expected):
+    cfg = load_config(REPO / "conf" / "local.yaml", [f"paths.root={root}"])
+    assert cfg.table_path("events", dt.date(2026, 11, 2)) == expected
+
+
+def test_relative_root_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(REPO / "conf" / "local.yaml", ["paths.root=./var/x"])
+    assert cfg.paths.root == str(tmp_path / "var" / "x")
+
+
+def test_unknown_table_name_is_an_error():
+    cfg = load_config(REPO / "conf" / "local.yaml")
+    with pytest.raises(ConfigError, match="unknown table 'evnts'"):
+        cfg.table_path("evnts")
+
+
+def test_every_base_key_has_a_comment():
+    for number, line in enumerate((REPO / "conf" / "base.yaml").read_text().splitlines(), 1):
+        stripped = line.strip()
+        if line.startswith("  ") and stripped and not stripped.startswith("#"):
+            assert "#" in line or stripped.endswith(":"), f"base.yaml:{number} has no comment: {line!r}"
