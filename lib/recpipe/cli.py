@@ -49,6 +49,22 @@ def cmd_generate(cfg: Config, args: argparse.Namespace) -> None:
              totals["lines"], totals["clean_events"], len(manifest["days"]), cfg.table_path("raw_events"))
 
 
+def spark_stage(stage: str, module: str) -> Callable[[Config, argparse.Namespace], None]:
+    """A handler that builds the stage's Spark session and calls `recpipe.<module>.run`."""
+
+    def handler(cfg: Config, args: argparse.Namespace) -> None:
+        import importlib
+
+        from recpipe.spark import get_spark
+
+        run = importlib.import_module(f"recpipe.{module}").run
+        spark = get_spark(cfg, stage)
+        summary = run(spark, cfg, args.date)
+        logging.getLogger(f"recpipe.{stage}").info("done for %s: %s", args.date, summary)
+
+    return handler
+
+
 def cmd_show_config(cfg: Config, args: argparse.Namespace) -> None:
     import yaml
 
@@ -62,12 +78,16 @@ def cmd_locations(cfg: Config, args: argparse.Namespace) -> None:
     for name in ("raw_events", "raw_items", "manifest", "events", "rejects", "samples", "als", "recommendations"):
         print(f"  {name:<14}{cfg.table_path(name)}")
     print(f"MLflow runs:    {tracking_uri(cfg)}")
-    print("  browse them:  make mlflow-ui  (or: .venv/bin/mlflow ui --backend-store-uri <the URI above>)")
+    print("  browse them:  .venv/bin/mlflow ui --backend-store-uri <the URI above>")
 
 
 # name → (handler, help, needs --date)
 COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, bool]] = {
     "generate": (cmd_generate, "write the synthetic raw logs, item catalogue, truth/ and manifest.json", False),
+    "clean": (spark_stage("clean", "etl.clean"),
+              "clean day D's raw logs into events and rejects, update the id dictionaries", True),
+    "features": (spark_stage("features", "etl.features"),
+                 "build features, behaviour sequences and ranker samples as of day D", True),
     "show-config": (cmd_show_config, "print the resolved configuration as YAML", False),
     "locations": (cmd_locations, "print where the tables and the MLflow runs are", False),
 }

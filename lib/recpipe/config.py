@@ -52,6 +52,8 @@ class TablesConfig:
     quality: str
     dim_users: str
     dim_items: str
+    dim_categories: str
+    catalogue: str
     user_features: str
     item_features: str
     sequences: str
@@ -86,10 +88,16 @@ class GenerateConfig:
     categories: int
     brands_per_category: int
     latent_dim: int
+    item_spread: float
+    popularity_sigma: float
+    price_median: float
+    price_sigma: float
     interests_min: int
     interests_max: int
     daily_active_share: float
     requests_per_active_user: float
+    session_continue_share: float
+    request_gap_mean_s: float
     feed_size: int
     candidate_interest_share: float
     history_window: int
@@ -97,12 +105,15 @@ class GenerateConfig:
     click_similarity_weight: float
     click_popularity_weight: float
     click_position_decay: float
+    cold_start_damping: float
+    action_delay_mean_s: float
     cart_rate: float
     purchase_rate: float
     epoch_ms_share: float
     late_rate: float
     bot_users_per_day: int
     bot_events_per_hour: int
+    bot_click_share: float
     events_per_file: int
     gzip_level: int
     rate_malformed_json: float
@@ -113,10 +124,40 @@ class GenerateConfig:
     rate_invalid_value: float
     rate_duplicate_same_day: float
     rate_duplicate_previous_day: float
+    malformed_garbage_share: float
+    invalid_price_share: float
 
     @property
     def dates(self) -> list[dt.date]:
         return [self.start_date + dt.timedelta(days=i) for i in range(self.days)]
+
+
+@dataclass(frozen=True)
+class CleanConfig:
+    required_fields: tuple
+    event_types: tuple
+    future_tolerance_minutes: int
+    dedup_lookback_days: int
+    bot_window_minutes: int
+    bot_max_events_per_window: int
+    events_files_per_day: int
+    rejects_files_per_day: int
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    history_length: int
+    history_event_types: tuple
+    windows_days: tuple
+    top_categories: int
+    attribution_minutes: int
+    train_days: int
+    eval_split: str
+    valid_share: float
+    negative_sampling_rate: float
+    sampling_seed: int
+    row_group_mb: int
+    max_records_per_file: int
 
 
 @dataclass(frozen=True)
@@ -126,6 +167,8 @@ class Config:
     spark: SparkConfig
     mlflow: MlflowConfig
     generate: GenerateConfig
+    clean: CleanConfig
+    features: FeaturesConfig
     sources: tuple[str, ...] = ()  # the files and overrides this config was built from
 
     def table_path(self, name: str, date: dt.date | None = None) -> str:
@@ -144,8 +187,14 @@ class Config:
             if field.name == "sources":
                 continue
             section = dataclasses.asdict(getattr(self, field.name))
-            out[field.name] = {k: v.isoformat() if isinstance(v, dt.date) else v for k, v in section.items()}
+            out[field.name] = {k: _plain(v) for k, v in section.items()}
         return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return list(value) if isinstance(value, tuple) else value
 
 
 SECTIONS: dict[str, type] = {
@@ -272,6 +321,10 @@ def _coerce(value: Any, expected: type, key: str, origin: str) -> Any:
         if not isinstance(value, str):
             raise wrong("a string")
         return value
+    if expected is tuple:  # YAML lists, frozen like the rest of the config
+        if not isinstance(value, (list, tuple)):
+            raise wrong("a list")
+        return tuple(value)
     if expected is dict:
         if not isinstance(value, Mapping):
             raise wrong("a mapping")

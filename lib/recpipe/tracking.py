@@ -43,3 +43,34 @@ def raise_missing_server(cfg: Config) -> None:
         f"paths.root is {cfg.paths.root}: set mlflow.tracking_uri (or MLFLOW_TRACKING_URI) "
         "to a tracking server, SQLite needs a local root"
     )
+
+
+def start_run(cfg: Config, experiment: str, run_name: str, tags: dict[str, str] | None = None):
+    """Start an MLflow run in `experiment`, creating it with the right artifact root.
+
+    Returns the active-run context manager of `mlflow.start_run`.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    ensure_experiment(cfg, experiment)
+    mlflow.set_experiment(experiment)
+    return mlflow.start_run(run_name=run_name, tags=tags or {})
+
+
+def ensure_experiment(cfg: Config, name: str) -> str:
+    """The experiment's id; created with artifacts under the data root when new.
+
+    With a tracking server the server decides artifact locations (--artifacts-destination),
+    so only the SQLite default sets one here.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    location = None
+    if tracking_uri(cfg).startswith("sqlite:") or cfg.mlflow.artifact_root:
+        location = join_uri(artifact_root(cfg), name)
+    return client.create_experiment(name, artifact_location=location)

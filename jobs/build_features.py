@@ -1,0 +1,11 @@
+"""spark-submit entry for the features stage.
+
+    spark-submit --py-files dist/recpipe-*.whl jobs/build_features.py --conf conf/local.yaml --date D
+"""
+
+import sys
+
+from recpipe.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["features", *sys.argv[1:]]))

@@ -1,0 +1,1 @@
+"""Spark ETL stages: clean raw logs, build features and ranker samples."""

@@ -1,0 +1,87 @@
+"""Reading and writing the lake's tables by name, one day (`dt=`) at a time.
+
+Writes use Spark's dynamic partition overwrite (set on every session by recpipe.spark):
+tasks write into a staging folder and the `dt=D` folder is swapped in only when the job
+commits, so a rerun replaces D alone and a job that fails half-way leaves the previous
+D readable and intact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Sequence
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recpipe import paths
+from recpipe.config import Config
+from recpipe.errors import DataError
+from recpipe.schema import DT
+
+
+def table_exists(cfg: Config, name: str, date: dt.date | None = None) -> bool:
+    return paths.exists(cfg.table_path(name, date))
+
+
+def read_days(spark: SparkSession, cfg: Config, name: str, first: dt.date, last: dt.date) -> DataFrame:
+    """Rows of the days first..last (inclusive) of a dt-partitioned table.
+
+    Days that were never written are simply absent; a table that does not exist at all
+    is an error naming it.
+    """
+    if not table_exists(cfg, name):
+        raise DataError(f"table {name!r} does not exist at {cfg.table_path(name)}; run the stage that writes it first")
+    return spark.read.parquet(cfg.table_path(name)).where(F.col(DT).between(F.lit(first), F.lit(last)))
+
+
+def read_day(spark: SparkSession, cfg: Config, name: str, date: dt.date) -> DataFrame:
+    """One day of a dt-partitioned table; an error naming the table and day if absent."""
+    if not table_exists(cfg, name, date):
+        raise DataError(f"table {name!r} has no day {date} at {cfg.table_path(name, date)}")
+    return spark.read.parquet(cfg.table_path(name, date))
+
+
+def latest_day(cfg: Config, name: str, as_of: dt.date) -> dt.date | None:
+    """The newest `dt=` of a snapshot table on or before `as_of`, or None."""
+    fs, root = paths.filesystem_for(cfg.table_path(name))
+    from pyarrow import fs as pafs
+
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return None
+    days = []
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        base = info.base_name
+        if info.type == pafs.FileType.Directory and base.startswith(f"{DT}="):
+            try:
+                day = dt.date.fromisoformat(base[len(DT) + 1:])
+            except ValueError:
+                continue
+            if day <= as_of:
+                days.append(day)
+    return max(days, default=None)
+
+
+def write_days(frame: DataFrame, cfg: Config, name: str, files: int, partition_by: Sequence[str] = (DT,)) -> None:
+    """Write a frame that carries its own `dt` column, replacing only the days it holds.
+
+    Args:
+        frame: rows to write, with the partition columns.
+        name: the table's name under `tables:`.
+        files: files per partition; rows are repartitioned by the partition columns
+            so that each day gets a bounded number of files, not one per task.
+    """
+    salt = (F.pmod(F.xxhash64(*frame.columns), F.lit(files))) if files > 1 else F.lit(0)
+    (
+        frame
+        .repartition(max(files, 1), *[F.col(c) for c in partition_by], salt)
+        .write
+        .mode("overwrite")
+        .partitionBy(*partition_by)
+        .parquet(cfg.table_path(name))
+    )
+
+
+def with_day(frame: DataFrame, date: dt.date) -> DataFrame:
+    """Tag rows with the day they belong to, as the `dt` partition column."""
+    return frame.withColumn(DT, F.lit(date))
