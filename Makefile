@@ -8,7 +8,7 @@ CONF ?= conf/local.yaml
 SET ?=
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 # The stamp's name carries a hash of what decides the environment, so a change re-runs set-up.
-SETUP_HASH := $(shell cat constraints.txt requirements.txt setup.py | sha256sum | cut -c1-16)
+SETUP_HASH := $(shell cat constraints.txt requirements.txt setup.py scripts/setup.sh | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.setup-$(SETUP_HASH)
 PYTEST_ARGS ?=
 

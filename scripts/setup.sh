@@ -22,7 +22,24 @@ ensure_java17() {
     exit 1
 }
 
+# Spark ML's netlib loads libblas.so.3 when present and otherwise falls back to pure Java
+# BLAS, several times slower for ALS; OpenBLAS provides it.
+ensure_native_blas() {
+    if ldconfig -p | grep -q 'libblas\.so\.3'; then
+        return
+    fi
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: libblas.so.3 not found; installing OpenBLAS (libopenblas0) with apt-get"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0
+        return
+    fi
+    echo "setup: warning: no native BLAS; Spark ALS will use its Java fallback. Install it with:" >&2
+    echo "    sudo apt-get install -y libopenblas0" >&2
+}
+
 ensure_java17
+ensure_native_blas
 if ! command -v "$PYTHON" >/dev/null; then
     echo "setup: $PYTHON not found; set PYTHON=/path/to/python3.11 (torch 2.13 wheels are built for it)" >&2
     exit 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 VENV = Path(sys.executable).parent.parent
-SETUP_FILES = ("Makefile", "constraints.txt", "requirements.txt", "setup.py")
+SETUP_FILES = ("Makefile", "constraints.txt", "requirements.txt", "setup.py", "scripts/setup.sh")
 
 
 def make_question(target: str, cwd: Path, venv: Path) -> int:
@@ -19,6 +19,7 @@ def make_question(target: str, cwd: Path, venv: Path) -> int:
 
 def copy_setup_files(tmp_path: Path) -> Path:
     for name in SETUP_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / name, tmp_path / name)
     return tmp_path
 

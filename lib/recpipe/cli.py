@@ -88,6 +88,8 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, boo
               "clean day D's raw logs into events and rejects, update the id dictionaries", True),
     "features": (spark_stage("features", "etl.features"),
                  "build features, behaviour sequences and ranker samples as of day D", True),
+    "als": (spark_stage("als", "als.stage"),
+            "train implicit ALS on the window before D, write top-K candidates, evaluate on D", True),
     "show-config": (cmd_show_config, "print the resolved configuration as YAML", False),
     "locations": (cmd_locations, "print where the tables and the MLflow runs are", False),
 }

@@ -9,6 +9,7 @@ D readable and intact.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Sequence
 
 from pyspark.sql import DataFrame, SparkSession
@@ -85,3 +86,41 @@ def write_days(frame: DataFrame, cfg: Config, name: str, files: int, partition_b
 def with_day(frame: DataFrame, date: dt.date) -> DataFrame:
     """Tag rows with the day they belong to, as the `dt` partition column."""
     return frame.withColumn(DT, F.lit(date))
+
+
+def write_replacing(frame: DataFrame, location: str, files: int) -> None:
+    """Write a whole folder so that readers see either the old or the new content.
+
+    Spark writes into a staging folder beside the target (its name starts with `_`, so
+    Spark readers of the parent ignore it); only a complete write is then swapped in.
+    A job that fails while writing leaves the previous folder untouched.
+    """
+    parent, name = location.rstrip("/").rsplit("/", 1)
+    staging = f"{parent}/_staging-{name}-{uuid.uuid4().hex[:12]}"
+    frame.coalesce(max(files, 1)).write.mode("errorifexists").parquet(staging)
+    publish_folder(frame.sparkSession, staging, location)
+
+
+def publish_folder(spark: SparkSession, staging: str, target: str) -> None:
+    """Swap a finished staging folder into place through Hadoop's FileSystem (local, HDFS, S3A)."""
+    jvm = spark.sparkContext._jvm
+    hadoop_path = jvm.org.apache.hadoop.fs.Path
+    fs = hadoop_path(target).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    target_path = hadoop_path(target)
+    backup = hadoop_path(f"{staging}-replaced")
+    had_previous = fs.exists(target_path)
+    if had_previous and not fs.rename(target_path, backup):
+        raise DataError(f"could not move the previous {target} aside; nothing was changed")
+    if not fs.rename(hadoop_path(staging), target_path):
+        if had_previous:
+            fs.rename(backup, target_path)
+        raise DataError(f"could not publish {staging} as {target}; the previous output was restored")
+    if had_previous:
+        fs.delete(backup, True)
+
+
+def read_path(spark: SparkSession, location: str) -> DataFrame:
+    """A Parquet folder by location; an error naming it if absent."""
+    if not paths.exists(location):
+        raise DataError(f"no data at {location}")
+    return spark.read.parquet(location)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -32,9 +33,18 @@ def get_spark(cfg: Config, stage: str) -> SparkSession:
     Under spark-submit the master comes from the command line (the JVM is already up and
     PYSPARK_GATEWAY_PORT is set); otherwise from `spark.master` in the config.
     """
+    # Python workers run `python3` from the PATH unless told otherwise, and that one lacks
+    # the venv's packages; PySpark reads the choice from this variable, not from a setting.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(f"{cfg.spark.app_name}-{stage}")
     if "PYSPARK_GATEWAY_PORT" not in os.environ:
         builder = builder.master(cfg.spark.master)
     for key, value in session_settings(cfg).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def blas_implementation(spark: SparkSession) -> str:
+    """The class netlib picked for Spark ML's BLAS: JNIBLAS is native, JavaBLAS the fallback."""
+    netlib = spark.sparkContext._jvm.dev.ludovic.netlib.blas
+    return netlib.BLAS.getInstance().getClass().getName()

@@ -1,0 +1,11 @@
+"""spark-submit entry for the ALS stage.
+
+    spark-submit --py-files dist/recpipe-*.whl jobs/train_als.py --conf conf/local.yaml --date D
+"""
+
+import sys
+
+from recpipe.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["als", *sys.argv[1:]]))

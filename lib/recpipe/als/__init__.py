@@ -1,0 +1,1 @@
+"""Candidate generation: implicit-feedback ALS, blocked exact top-K, retrieval metrics."""

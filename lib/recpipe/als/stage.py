@@ -1,0 +1,163 @@
+"""`recpipe als --date D`: factorise the window before D, write top-K candidates, evaluate on D."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from pyspark.ml.recommendation import ALS, ALSModel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recpipe import io, paths
+from recpipe.als.evaluate import popularity_lists, ranked_lists, relevant_items, retrieval_metrics
+from recpipe.als.interactions import RATING, build_interactions, seen_items
+from recpipe.als.topk import top_k_candidates
+from recpipe.config import AlsConfig, Config
+from recpipe.schema import ALS_SCORE, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
+from recpipe.spark import blas_implementation
+
+log = logging.getLogger("recpipe.als")
+
+EXPERIMENT = "recpipe-als"
+REGISTERED_MODEL = "als-candidates"
+OUTPUTS = ("user_factors", "item_factors", "candidates")
+
+
+def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
+    """Train ALS on the `als.train_days` before `date`, publish factors and candidates, evaluate on `date`."""
+    als_cfg = cfg.als
+    log.info("Spark ML BLAS: %s", blas_implementation(spark))
+    spark.sparkContext.setCheckpointDir(paths.join_uri(cfg.paths.root, "_checkpoints", "als"))
+
+    events = io.read_days(spark, cfg, "events", date - dt.timedelta(days=als_cfg.train_days), date)
+    interactions = build_interactions(
+        events, als_cfg.confidence_weights, date, als_cfg.train_days, als_cfg.decay_half_life_days
+    ).checkpoint()  # materialised and deterministic: ALS may recompute lost blocks from it
+    model = fit_als(interactions, als_cfg, blocks=max(spark.sparkContext.defaultParallelism, 2))
+
+    seen = seen_items(interactions)
+    candidates = top_k_candidates(
+        model.userFactors, model.itemFactors, seen if als_cfg.exclude_seen else None, als_cfg.top_k, als_cfg.item_block_size
+    )
+    write_outputs(cfg, date, model, candidates)
+    candidates = io.read_path(spark, als_output(cfg, date, "candidates"))
+
+    metrics = evaluate(spark, cfg, date, events, interactions, seen, candidates)
+    summary = {
+        "interactions": interactions.count(),
+        "users_with_factors": model.userFactors.count(),
+        "candidate_rows": candidates.count(),
+        **metrics,
+    }
+    log_to_mlflow(cfg, date, als_cfg, model, interactions, summary)
+    return summary
+
+
+def fit_als(interactions: DataFrame, als_cfg: AlsConfig, blocks: int) -> ALSModel:
+    """Implicit ALS with block counts from the cluster's parallelism."""
+    estimator = ALS(
+        implicitPrefs=True,
+        rank=als_cfg.rank,
+        regParam=als_cfg.reg_param,
+        alpha=als_cfg.alpha,
+        maxIter=als_cfg.max_iter,
+        seed=als_cfg.seed,
+        checkpointInterval=als_cfg.checkpoint_interval,
+        coldStartStrategy=als_cfg.cold_start_strategy,
+        numUserBlocks=blocks,
+        numItemBlocks=blocks,
+        userCol=USER_IDX,
+        itemCol=ITEM_IDX,
+        ratingCol=RATING,
+    )
+    return estimator.fit(interactions)
+
+
+def als_output(cfg: Config, date: dt.date, name: str) -> str:
+    return paths.join_uri(cfg.table_path("als", date), name)
+
+
+def write_outputs(cfg: Config, date: dt.date, model: ALSModel, candidates: DataFrame) -> None:
+    """Publish factors and candidates of D; each replaces its previous version only when complete."""
+    io.write_replacing(model.userFactors.select(F.col("id").alias(USER_IDX), "features"), als_output(cfg, date, "user_factors"), files=2)
+    io.write_replacing(model.itemFactors.select(F.col("id").alias(ITEM_IDX), "features"), als_output(cfg, date, "item_factors"), files=1)
+    io.write_replacing(candidates, als_output(cfg, date, "candidates"), files=4)
+
+
+def evaluate(
+    spark: SparkSession,
+    cfg: Config,
+    date: dt.date,
+    events: DataFrame,
+    interactions: DataFrame,
+    seen: DataFrame,
+    candidates: DataFrame,
+) -> dict[str, float]:
+    """ALS, popularity and (on generated data) the oracle, on the users active on D."""
+    ks = sorted(cfg.als.eval_ks)
+    relevant = relevant_items(events, date).cache()
+    catalogue_size = catalogue_items(spark, cfg, date)
+    methods = {
+        "als": ranked_lists(candidates, ALS_SCORE, max(ks)),
+        "popularity": popularity_lists(
+            interactions, seen if cfg.als.exclude_seen else seen.limit(0), relevant.select(USER_IDX), max(ks)
+        ),
+    }
+    oracle = oracle_lists(spark, cfg, date, max(ks))
+    if oracle is not None:
+        methods["oracle"] = oracle
+    metrics = {"eval_users": float(relevant.count())}
+    for method, predictions in methods.items():
+        for name, value in retrieval_metrics(predictions, relevant, ks, catalogue_size).items():
+            metrics[f"{method}_{name}"] = value
+    relevant.unpersist()
+    return metrics
+
+
+def catalogue_items(spark: SparkSession, cfg: Config, date: dt.date) -> int:
+    day = io.latest_day(cfg, "dim_items", date)
+    return io.read_day(spark, cfg, "dim_items", day).count() if day else 0
+
+
+def oracle_lists(spark: SparkSession, cfg: Config, date: dt.date, max_k: int) -> DataFrame | None:
+    """Day D's shown items ranked by their true click probability (generated data only).
+
+    The generator's truth knows p_click only for the items it showed, so this is the
+    ceiling of re-ranking what was shown, a reference rather than a competitor.
+    """
+    truth = paths.join_uri(cfg.table_path("truth"), "impressions", f"dt={date.isoformat()}")
+    users_day = io.latest_day(cfg, "dim_users", date + dt.timedelta(days=1))
+    if not paths.exists(truth) or users_day is None:
+        return None
+    users = io.read_day(spark, cfg, "dim_users", users_day).select(USER_ID, USER_IDX)
+    items = io.read_day(spark, cfg, "dim_items", io.latest_day(cfg, "dim_items", date + dt.timedelta(days=1))).select(ITEM_ID, ITEM_IDX)
+    shown = (
+        io.read_path(spark, truth)
+        .join(users, USER_ID)
+        .join(items, ITEM_ID)
+        .groupBy(USER_IDX, ITEM_IDX)
+        .agg(F.max("p_click").alias("p_click"))
+    )
+    return ranked_lists(shown, "p_click", max_k)
+
+
+def log_to_mlflow(cfg: Config, date: dt.date, als_cfg: AlsConfig, model: ALSModel, interactions: DataFrame, summary: dict) -> None:
+    import mlflow
+    import mlflow.spark
+
+    from recpipe.tracking import start_run
+
+    with start_run(cfg, EXPERIMENT, run_name=f"als-{date}", tags={"date": date.isoformat(), "stage": "als"}):
+        mlflow.log_params({k: v for k, v in cfg.to_dict()["als"].items()})
+        mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+        mlflow.log_dict(cfg.to_dict(), "config.yaml")
+        mlflow.log_input(
+            mlflow.data.from_spark(interactions, path=cfg.table_path("events"), name=f"interactions-{date}"),
+            context="training",
+        )
+        mlflow.spark.log_model(
+            model,
+            name="als-model",
+            registered_model_name=REGISTERED_MODEL if als_cfg.register_model else None,
+        )
