@@ -61,3 +61,18 @@ def test_dates_are_validated(text):
 
 def test_valid_date_parses():
     assert date_arg("2026-11-14").isoformat() == "2026-11-14"
+
+
+def test_generate_writes_logs_catalogue_truth_and_manifest(tmp_path):
+    import json
+
+    result = recpipe("generate", "--conf", "conf/local.yaml", "--set", f"paths.root={tmp_path}",
+                     "--set", "generate.users=300", "--set", "generate.items=120", "--set", "generate.days=2")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
+    assert sorted(manifest["days"]) == ["2026-11-01", "2026-11-02"]
+    for day in manifest["days"]:
+        assert list((tmp_path / "raw" / "events" / f"dt={day}").glob("part-*.json.gz"))
+    assert list((tmp_path / "raw" / "items").glob("*.jsonl.gz"))
+    assert list((tmp_path / "truth").rglob("*.parquet"))
+    assert "generate" in result.stderr and "lines" in result.stderr  # the log line names the stage

@@ -60,6 +60,8 @@ class TablesConfig:
     samples: str
     als: str
     recommendations: str
+    ranker_input: str
+    checkpoints: str
 
 
 @dataclass(frozen=True)
@@ -142,12 +144,14 @@ class CleanConfig:
     bot_max_events_per_window: int
     events_files_per_day: int
     rejects_files_per_day: int
+    snapshot_files_per_day: int
 
 
 @dataclass(frozen=True)
 class FeaturesConfig:
     history_length: int
     history_event_types: tuple
+    lookback_days: int
     windows_days: tuple
     top_categories: int
     attribution_minutes: int
@@ -158,6 +162,56 @@ class FeaturesConfig:
     sampling_seed: int
     row_group_mb: int
     max_records_per_file: int
+    min_files_per_split: int
+    files_per_day: int
+
+
+@dataclass(frozen=True)
+class AlsConfig:
+    train_days: int
+    confidence_weights: dict
+    decay_half_life_days: float
+    rank: int
+    reg_param: float
+    alpha: float
+    max_iter: int
+    seed: int
+    checkpoint_interval: int
+    cold_start_strategy: str
+    top_k: int
+    exclude_seen: bool
+    eval_ks: tuple
+    item_block_size: int
+    register_model: bool
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    item_embedding_dim: int
+    cat_embedding_dim: int
+    attention_hidden: tuple
+    attention_weighting: str
+    head_hidden: tuple
+    activation: str
+    dropout: float
+    use_als_score: bool
+    compare_base_model: bool
+    batch_size: int
+    epochs: int
+    learning_rate: float
+    weight_decay: float
+    seed: int
+    shuffle_queue: int
+    reader_workers: int
+    eval_batch_size: int
+    num_processes: int
+    local_mode: bool
+    use_gpu: bool
+    progress: bool
+    resume: bool
+    popularity_feature: str
+    heatmap_users: int
+    register_model: bool
 
 
 @dataclass(frozen=True)
@@ -169,6 +223,8 @@ class Config:
     generate: GenerateConfig
     clean: CleanConfig
     features: FeaturesConfig
+    als: AlsConfig
+    ranker: RankerConfig
     sources: tuple[str, ...] = ()  # the files and overrides this config was built from
 
     def table_path(self, name: str, date: dt.date | None = None) -> str:

@@ -48,13 +48,14 @@ def write_bytes(location: str, data: bytes) -> None:
     """Write a whole file, creating its parent folders."""
     fs, path = filesystem_for(location)
     fs.create_dir(posixpath.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as out:
+    # compression=None: the bytes are written as given (pyarrow would gzip a .gz name again).
+    with fs.open_output_stream(path, compression=None) as out:
         out.write(data)
 
 
 def read_bytes(location: str) -> bytes:
     fs, path = filesystem_for(location)
-    with fs.open_input_stream(path) as stream:
+    with fs.open_input_stream(path, compression=None) as stream:
         return stream.read()
 
 
