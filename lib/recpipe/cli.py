@@ -49,20 +49,27 @@ def cmd_generate(cfg: Config, args: argparse.Namespace) -> None:
              totals["lines"], totals["clean_events"], len(manifest["days"]), cfg.table_path("raw_events"))
 
 
-def spark_stage(stage: str, module: str) -> Callable[[Config, argparse.Namespace], None]:
-    """A handler that builds the stage's Spark session and calls `recpipe.<module>.run`."""
+def spark_stage(stage: str) -> Callable[[Config, argparse.Namespace], None]:
+    """A handler that builds the stage's Spark session and runs the stage for --date."""
 
     def handler(cfg: Config, args: argparse.Namespace) -> None:
-        import importlib
-
+        from recpipe.pipeline import run_stages
         from recpipe.spark import get_spark
 
-        run = importlib.import_module(f"recpipe.{module}").run
-        spark = get_spark(cfg, stage)
-        summary = run(spark, cfg, args.date)
-        logging.getLogger(f"recpipe.{stage}").info("done for %s: %s", args.date, summary)
+        result = run_stages(get_spark(cfg, stage), cfg, [args.date], [stage])[0]
+        logging.getLogger(f"recpipe.{stage}").info("done for %s: %s", args.date, result.summary)
 
     return handler
+
+
+def cmd_pipeline(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe.pipeline import date_range, format_results, parse_stages, run_stages
+    from recpipe.spark import get_spark
+
+    generated = cfg.generate.dates
+    dates = date_range(args.start or generated[0], args.end or generated[-1])
+    results = run_stages(get_spark(cfg, "pipeline"), cfg, dates, parse_stages(args.stages))
+    print(format_results(results))
 
 
 def cmd_show_config(cfg: Config, args: argparse.Namespace) -> None:
@@ -84,12 +91,15 @@ def cmd_locations(cfg: Config, args: argparse.Namespace) -> None:
 # name → (handler, help, needs --date)
 COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, bool]] = {
     "generate": (cmd_generate, "write the synthetic raw logs, item catalogue, truth/ and manifest.json", False),
-    "clean": (spark_stage("clean", "etl.clean"),
+    "clean": (spark_stage("clean"),
               "clean day D's raw logs into events and rejects, update the id dictionaries", True),
-    "features": (spark_stage("features", "etl.features"),
+    "features": (spark_stage("features"),
                  "build features, behaviour sequences and ranker samples as of day D", True),
-    "als": (spark_stage("als", "als.stage"),
+    "als": (spark_stage("als"),
             "train implicit ALS on the window before D, write top-K candidates, evaluate on D", True),
+    "train": (spark_stage("train"),
+              "train the attention ranker with DDP on the samples of D, evaluate, register a challenger", True),
+    "pipeline": (cmd_pipeline, "run several stages for a range of days in one Spark session", False),
     "show-config": (cmd_show_config, "print the resolved configuration as YAML", False),
     "locations": (cmd_locations, "print where the tables and the MLflow runs are", False),
 }
@@ -103,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         if needs_date:
             _with_date(p)
+        if name == "train":  # sugar for --set ranker.resume=true
+            p.add_argument("--resume", dest="overrides", action="append_const", const="ranker.resume=true",
+                           help="continue from the last checkpoint of day D")
+        if name == "pipeline":
+            p.add_argument("--start", type=date_arg, help="first day (default: the first generated day)")
+            p.add_argument("--end", type=date_arg, help="last day (default: the last generated day)")
+            p.add_argument("--stages", default="clean,features", help="comma-separated stages, run in pipeline order")
     return parser
 
 

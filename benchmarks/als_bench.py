@@ -1,0 +1,242 @@
+"""Spark ALS vs the `implicit` library on one interaction matrix, and blocked top-K vs
+recommendForAllUsers, in one run.
+
+    .venv/bin/python benchmarks/als_bench.py --root var/recpipe --date 2026-11-14     # after `make run`
+    .venv/bin/python benchmarks/als_bench.py --synthetic 20000000                     # a 20 M matrix
+
+How the two factorisations are matched (same rank, iterations, exact least-squares
+solver on both sides, 2 threads each):
+- Confidence. Spark reads a rating r as preference r > 0 with confidence 1 + alpha·|r|;
+  implicit uses the matrix value v itself as the confidence (negative v: preference 0,
+  confidence |v|). Feeding implicit v = sign(r)·(1 + alpha·|r|) with its own alpha = 1
+  gives the same confidences and preferences.
+- Regularisation. Spark's ALS-WR adds λ·n_u·I for a user with n_u ratings (n_i for an
+  item); implicit adds one constant λ'·I to every row. No constant matches every row;
+  we use λ' = λ · sqrt(mean n_u · mean n_i), the geometric mean of the two sides'
+  average scaling, and report it.
+Per-iteration time is the marginal cost: (fit with N iterations − fit with 1) / (N − 1),
+so set-up (Spark's blocking and shuffles, implicit's transposes) is not counted.
+Recall@K of both models is computed by the same numpy code from their factors on the
+same held-out items and the same sample of users.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "lib"))
+
+from recpipe import io  # noqa: E402
+from recpipe.als.evaluate import relevant_items  # noqa: E402
+from recpipe.als.interactions import RATING, build_interactions  # noqa: E402
+from recpipe.als.topk import top_k_block, top_k_candidates  # noqa: E402
+from recpipe.config import load_config  # noqa: E402
+from recpipe.spark import blas_implementation, get_spark  # noqa: E402
+
+
+def synthetic_interactions(n: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A clustered power-law matrix of about n interactions plus 2 held-out items per user.
+
+    Items fall in clusters; each user draws 80% of their items from 2 interest clusters
+    (Zipf inside the cluster) and the rest from global popularity, so the matrix has a
+    structure a factorisation can find.
+    """
+    rng = np.random.default_rng(seed)
+    users, items, clusters = max(n // 50, 100), max(n // 400, 50), 200
+    per_user = np.clip(rng.lognormal(np.log(40), 0.8, users).astype(np.int64), 3, 2000)
+    per_user = (per_user * (1.25 * n / per_user.sum())).astype(np.int64) + 2  # draws repeat; dedup trims
+    cluster_of_item = np.sort(rng.integers(0, clusters, items))
+    starts = np.searchsorted(cluster_of_item, np.arange(clusters))
+    sizes = np.diff(np.append(starts, items))
+    interests = rng.integers(0, clusters, (users, 2))
+    user_of_row = np.repeat(np.arange(users), per_user)
+    from_interest = rng.random(len(user_of_row)) < 0.8
+    cluster = interests[user_of_row, rng.integers(0, 2, len(user_of_row))]
+    zipf_rank = np.minimum(rng.zipf(1.05, len(user_of_row)) - 1, np.maximum(sizes[cluster] - 1, 0))
+    item = np.where(from_interest, starts[cluster] + zipf_rank, np.minimum(rng.zipf(1.2, len(user_of_row)) - 1, items - 1))
+    frame = pd.DataFrame({"user_idx": user_of_row + 1, "item_idx": item + 1}).drop_duplicates()
+    # the last two distinct items of each user are held out
+    frame["order"] = frame.groupby("user_idx").cumcount(ascending=False)
+    held = frame[frame.order < 2][["user_idx", "item_idx"]]
+    train = frame[frame.order >= 2][["user_idx", "item_idx"]].assign(**{RATING: np.float32(1.0)})
+    return train.reset_index(drop=True), held.reset_index(drop=True)
+
+
+def chain_interactions(spark, cfg, date: dt.date) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The pipeline's own matrix for D (events before D) and D's positive items as held-out."""
+    events = io.read_days(spark, cfg, "events", date - dt.timedelta(days=cfg.als.train_days), date)
+    train = build_interactions(events, cfg.als.confidence_weights, date, cfg.als.train_days).toPandas()
+    held = relevant_items(events, date).selectExpr("user_idx", "explode(relevant) as item_idx").toPandas()
+    return train, held
+
+
+def fit_spark(spark, train_path: str, rank: int, reg: float, alpha: float, iters: int, seed: int):
+    from pyspark.ml.recommendation import ALS
+
+    frame = spark.read.parquet(train_path)
+    blocks = spark.sparkContext.defaultParallelism
+    model = ALS(implicitPrefs=True, rank=rank, regParam=reg, alpha=alpha, maxIter=iters, seed=seed,
+                userCol="user_idx", itemCol="item_idx", ratingCol=RATING, numUserBlocks=blocks,
+                numItemBlocks=blocks, checkpointInterval=5, coldStartStrategy="drop").fit(frame)
+    model.userFactors.count()
+    model.itemFactors.count()
+    return model
+
+
+def spark_factors(model) -> tuple[dict, np.ndarray, dict, np.ndarray]:
+    users = model.userFactors.orderBy("id").toPandas()
+    items = model.itemFactors.orderBy("id").toPandas()
+    return (users.id.to_numpy(), np.stack(users.features).astype(np.float32),
+            items.id.to_numpy(), np.stack(items.features).astype(np.float32))
+
+
+def implicit_matrix(train: pd.DataFrame, alpha: float, n_users: int, n_items: int) -> sp.csr_matrix:
+    """User × item confidences in implicit's convention: sign(r) · (1 + alpha·|r|)."""
+    r = train[RATING].to_numpy(np.float32)
+    values = np.sign(r) * (1.0 + alpha * np.abs(r))
+    return sp.csr_matrix((values.astype(np.float32), (train.user_idx.to_numpy(), train.item_idx.to_numpy())),
+                         shape=(n_users, n_items))
+
+
+def fit_implicit(matrix: sp.csr_matrix, rank: int, reg: float, iters: int, seed: int):
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    model = AlternatingLeastSquares(factors=rank, regularization=reg, alpha=1.0, iterations=iters, use_cg=False,
+                                    calculate_training_loss=False, num_threads=2, random_state=seed)
+    with threadpool_limits(1, "blas"):  # implicit parallelises over rows itself
+        model.fit(matrix, show_progress=False)
+    return model
+
+
+def recall_at_k(user_ids, user_vecs, item_ids, item_vecs, train, held, k, sample_users) -> float:
+    """Mean recall@k over the sampled users with held-out items, seen items excluded."""
+    position = {u: i for i, u in enumerate(user_ids)}
+    users = [u for u in sample_users if u in position]
+    seen = train[train.user_idx.isin(users)].groupby("user_idx").item_idx.apply(np.array)
+    truth = held[held.user_idx.isin(users)].groupby("user_idx").item_idx.apply(set)
+    rows = np.array([position[u] for u in users])
+    best, _ = top_k_block(user_vecs[rows], item_ids, item_vecs, [seen.get(u) for u in users], k, 20000)
+    recalls = [len(set(best[i]) & truth[u]) / len(truth[u]) for i, u in enumerate(users) if u in truth]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def marginal(seconds_one: float, seconds_n: float, n: int) -> float:
+    return (seconds_n - seconds_one) / (n - 1)
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
+
+
+def run(args) -> dict:
+    overrides = [f"paths.root={args.root}", "spark.master=local[2]", f"spark.driver_memory={args.driver_memory}",
+                 "spark.extra={spark.ui.enabled: 'false'}"]
+    cfg = load_config(REPO / "conf" / "local.yaml", overrides)
+    spark = get_spark(cfg, "als-bench")
+    spark.sparkContext.setLogLevel("ERROR")
+    scratch = tempfile.mkdtemp(prefix="als-bench-")
+    spark.sparkContext.setCheckpointDir(os.path.join(scratch, "checkpoints"))
+
+    if args.synthetic:
+        train, held = synthetic_interactions(args.synthetic)
+        source = f"synthetic, {args.synthetic:,} requested"
+    else:
+        train, held = chain_interactions(spark, cfg, dt.date.fromisoformat(args.date))
+        source = f"pipeline events under {args.root}, D={args.date}"
+    train_path = os.path.join(scratch, "train.parquet")
+    pq.write_table(pa.Table.from_pandas(train, preserve_index=False), train_path, row_group_size=1_000_000)
+    n_users, n_items = int(train.user_idx.max()) + 1, int(train.item_idx.max()) + 1
+    mean_nu = train.groupby("user_idx").size().mean()
+    mean_ni = train.groupby("item_idx").size().mean()
+    implicit_reg = args.reg * float(np.sqrt(mean_nu * mean_ni))
+    report = {"data": source, "interactions": len(train), "users": int(train.user_idx.nunique()),
+              "items": int(train.item_idx.nunique()), "held_out": len(held), "rank": args.rank,
+              "iterations": args.iters, "spark_reg": args.reg, "implicit_reg": implicit_reg, "alpha": args.alpha,
+              "blas": blas_implementation(spark)}
+
+    fit_spark(spark, train_path, args.rank, args.reg, args.alpha, 1, 1)  # warm-up: JIT, Python workers
+    _, spark_one = timed(fit_spark, spark, train_path, args.rank, args.reg, args.alpha, 1, 1)
+    spark_model, spark_n = timed(fit_spark, spark, train_path, args.rank, args.reg, args.alpha, args.iters, 1)
+    matrix = implicit_matrix(train, args.alpha, n_users, n_items)
+    fit_implicit(matrix, args.rank, implicit_reg, 1, 1)  # warm-up
+    _, implicit_one = timed(fit_implicit, matrix, args.rank, implicit_reg, 1, 1)
+    implicit_model, implicit_n = timed(fit_implicit, matrix, args.rank, implicit_reg, args.iters, 1)
+    report.update(spark_fit_s=spark_n, implicit_fit_s=implicit_n,
+                  spark_s_per_iter=marginal(spark_one, spark_n, args.iters),
+                  implicit_s_per_iter=marginal(implicit_one, implicit_n, args.iters))
+    report["spark_over_implicit_per_iter"] = report["spark_s_per_iter"] / report["implicit_s_per_iter"]
+
+    rng = np.random.default_rng(1)
+    eval_users = rng.choice(held.user_idx.unique(), size=min(args.eval_users, held.user_idx.nunique()), replace=False)
+    s_uid, s_u, s_iid, s_i = spark_factors(spark_model)
+    all_users, all_items = np.arange(n_users), np.arange(n_items)
+    for k in args.ks:
+        report[f"spark_recall_at_{k}"] = recall_at_k(s_uid, s_u, s_iid, s_i, train, held, k, eval_users)
+        report[f"implicit_recall_at_{k}"] = recall_at_k(
+            all_users, np.asarray(implicit_model.user_factors, np.float32), all_items,
+            np.asarray(implicit_model.item_factors, np.float32), train, held, k, eval_users)
+
+    if not args.skip_topk:
+        report.update(compare_top_k(spark_model, args.topk))
+    spark.stop()
+    return report
+
+
+def compare_top_k(model, k: int) -> dict:
+    """Seconds of our blocked top-K and of recommendForAllUsers, and whether they agree."""
+    from pyspark.sql import functions as F
+
+    ours = top_k_candidates(model.userFactors, model.itemFactors, seen=None, k=k, block_size=20000)
+    ours.limit(1).collect()  # warm-up: start the Python workers once
+    _, ours_s = timed(lambda: ours.write.format("noop").mode("overwrite").save())
+    theirs = model.recommendForAllUsers(k)
+    _, theirs_s = timed(lambda: theirs.write.format("noop").mode("overwrite").save())
+    mine = ours.groupBy("user_idx").agg(F.sort_array(F.collect_list("item_idx")).alias("a"))
+    spark_sets = theirs.select("user_idx", F.sort_array(F.col("recommendations.item_idx")).alias("b"))
+    differing = mine.join(spark_sets, "user_idx", "full").where(~F.coalesce(F.col("a") == F.col("b"), F.lit(False))).count()
+    return {"topk_k": k, "blocked_topk_s": ours_s, "recommend_for_all_users_s": theirs_s,
+            "topk_speedup": theirs_s / ours_s, "topk_users_with_different_items": differing}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", default=str(REPO / "var" / "recpipe"), help="data root of a `make run`")
+    parser.add_argument("--date", default="2026-11-14", help="evaluation day D of the pipeline's matrix")
+    parser.add_argument("--synthetic", type=int, default=0, help="use a synthetic matrix of about this many interactions")
+    parser.add_argument("--rank", type=int, default=64)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--reg", type=float, default=0.05)
+    parser.add_argument("--alpha", type=float, default=10.0)
+    parser.add_argument("--ks", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--topk", type=int, default=200)
+    parser.add_argument("--skip-topk", action="store_true")
+    parser.add_argument("--eval-users", type=int, default=20000)
+    parser.add_argument("--driver-memory", default="8g")
+    parser.add_argument("--out", help="also write the report as JSON here")
+    args = parser.parse_args()
+    report = run(args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
