@@ -44,6 +44,11 @@ HIST_ITEMS = "hist_items"
 HIST_CATS = "hist_cats"
 HIST_LEN = "hist_len"
 ALS_SCORE = "als_score"
+TS_MS = "ts_ms"                # event time as epoch milliseconds (int64), in the ranker samples
+USER_DENSE = "user_dense"      # float32 array of user features as of a day's cut-off
+ITEM_DENSE = "item_dense"      # float32 array of item features as of a day's cut-off
+FAV_CATS = "fav_cats"          # a user's favourite cat_idx values, most interacted first, 0-padded
+RECENCY_DAYS = "recency_days"  # days from the last interaction to the cut-off
 
 PADDING_IDX = 0
 

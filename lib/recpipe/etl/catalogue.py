@@ -1,0 +1,51 @@
+"""The item catalogue as the lake keeps it: one row per item, with item and category indexes."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from recpipe.etl.rejects import BLANK, non_negative_number
+from recpipe.schema import BRAND, CAT_IDX, CATEGORY, ITEM_ID, ITEM_IDX, PADDING_IDX, PRICE, TITLE
+
+CATALOGUE_COLUMNS = (ITEM_ID, ITEM_IDX, CATEGORY, CAT_IDX, BRAND, PRICE, TITLE)
+_ATTRIBUTES = "_attributes"
+
+
+def clean_catalogue(raw: DataFrame) -> DataFrame:
+    """One row per non-blank item id, price as a double (null unless a number >= 0).
+
+    An item listed twice keeps its largest (category, brand, price, title) so that
+    reruns agree; a blank category becomes null.
+    """
+    attributes = F.struct(
+        F.when(~F.col(CATEGORY).rlike(BLANK), F.col(CATEGORY)).alias(CATEGORY),
+        F.col(BRAND).alias(BRAND),
+        non_negative_number(PRICE).alias(PRICE),
+        F.col(TITLE).alias(TITLE),
+    )
+    return (
+        raw
+        .where(F.col(ITEM_ID).isNotNull() & ~F.col(ITEM_ID).rlike(BLANK))
+        .groupBy(ITEM_ID)
+        .agg(F.max(attributes).alias(_ATTRIBUTES))
+        .select(ITEM_ID, f"{_ATTRIBUTES}.*")
+    )
+
+
+def index_catalogue(catalogue: DataFrame, items: DataFrame, categories: DataFrame) -> DataFrame:
+    """The catalogue with `item_idx` and `cat_idx` (0 for an item without a known category).
+
+    Args:
+        catalogue: output of `clean_catalogue`.
+        items: the item dictionary. An item it lacks is left out: that only happens when
+            a past day is cleaned again and the catalogue has since listed new items.
+        categories: the category dictionary.
+    """
+    return (
+        catalogue
+        .join(items.select(ITEM_ID, ITEM_IDX), ITEM_ID, "inner")
+        .join(categories.select(CATEGORY, CAT_IDX), CATEGORY, "left")
+        .withColumn(CAT_IDX, F.coalesce(F.col(CAT_IDX), F.lit(PADDING_IDX)).cast("int"))
+        .select(*CATALOGUE_COLUMNS)
+    )

@@ -1,0 +1,255 @@
+"""`recpipe clean`: day D's raw behaviour log into accepted events, rejects and id dictionaries.
+
+    raw lines ─ parse ─ check_rows (reasons 1-6) ─ classify_lines (7-8) ─┬─ events (indexed)
+                                                                         └─ rejects
+    raw catalogue ─ clean_catalogue ─┬─ dictionaries (users, items, categories)
+                                     └─ catalogue (indexed)
+
+Every line read ends as one accepted event or one reject; the job checks that before it
+writes anything. Writes use dynamic partition overwrite, one table at a time: each
+table's `dt=D` is either the previous output or the new one, never a mix. The
+dictionaries go first because they only grow, so events and the catalogue written after
+them always find their indexes in D's snapshot; the events go last.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recpipe import io, paths
+from recpipe.config import CleanConfig, Config
+from recpipe.errors import ConfigError, DataError
+from recpipe.etl.catalogue import clean_catalogue, index_catalogue
+from recpipe.etl.dictionaries import (CATEGORIES, ITEMS, USERS, DictionarySpec, assign_new_indexes,
+                                      read_newest_snapshot, read_snapshot, require_index, snapshot_as_of,
+                                      unseen_ids)
+from recpipe.etl.quality import (Outcomes, build_report, count_outcomes, distinct_ids, log_report, reconcile,
+                                 write_report)
+from recpipe.etl.raw import parse_lines, read_catalogue, read_raw_lines
+from recpipe.etl.rejects import accepted_lines, check_rows, classify_lines, rejected_lines
+from recpipe.schema import (CATEGORY, EVENT_ID, EVENT_TYPE, EVENTS_SCHEMA, FIRST_SEEN, ITEM_ID, ITEM_IDX,
+                            RAW_EVENT_SCHEMA, TS, USER_ID, USER_IDX)
+
+log = logging.getLogger("recpipe.clean")
+
+# The events table holds these non-null, so a line without one can never be accepted.
+ALWAYS_REQUIRED = (EVENT_ID, USER_ID, ITEM_ID, EVENT_TYPE, TS)
+
+
+def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
+    """Clean day `date`: write events, rejects, dictionaries, catalogue and the quality report.
+
+    Args:
+        spark: the session (its settings from `recpipe.spark.get_spark`).
+        cfg: the resolved configuration; `cfg.clean` holds the rules.
+        date: the day D whose raw file is cleaned.
+
+    Returns:
+        The quality report (also written to `quality/dt=D/quality.json` and to MLflow).
+
+    Raises:
+        DataError: D's raw file or the catalogue is missing, the lines do not reconcile,
+            or D's events use ids that only a newer dictionary snapshot could number.
+        ConfigError: `clean.required_fields` leaves out a field events cannot lack.
+    """
+    check_settings(cfg.clean)
+    checked, classified = classify_day(spark, cfg, date)
+    catalogue = clean_catalogue(read_raw_catalogue(spark, cfg)).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        lines_read = checked.count()  # a projection of the raw text: one row per line read
+        outcomes = count_outcomes(classified, day=date, event_types=cfg.clean.event_types)
+        reconcile(lines_read, outcomes)  # before anything is written
+        checked.unpersist()
+        report = write_outputs(spark, cfg, date, classified, catalogue, lines_read=lines_read, outcomes=outcomes)
+    finally:
+        for frame in (checked, classified, catalogue):
+            frame.unpersist()
+    location = write_report(cfg, date, report)
+    run_id = log_report(cfg, date, report)
+    log.info("clean %s: read %d lines, accepted %d, rejected %d %s; report %s, MLflow run %s", date,
+             report["lines_read"], report["accepted"], report["rejected"], report["rejected_by_reason"], location,
+             run_id)
+    return report
+
+
+def classify_day(spark: SparkSession, cfg: Config, date: dt.date) -> tuple[DataFrame, DataFrame]:
+    """Day D's lines after the per-line checks, and classified; both persisted.
+
+    The classified frame feeds every count and output, so it is computed once.
+    """
+    settings = cfg.clean
+    checked = check_rows(
+        parse_lines(read_day_lines(spark, cfg, date)),
+        required_fields=settings.required_fields,
+        event_types=settings.event_types,
+        day=date,
+        future_tolerance_minutes=settings.future_tolerance_minutes,
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    classified = classify_lines(
+        checked,
+        previous_event_ids(spark, cfg, date, settings.dedup_lookback_days),
+        bot_window_minutes=settings.bot_window_minutes,
+        bot_max_events_per_window=settings.bot_max_events_per_window,
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    return checked, classified
+
+
+def write_outputs(spark: SparkSession, cfg: Config, date: dt.date, classified: DataFrame, catalogue: DataFrame, *,
+                  lines_read: int, outcomes: Outcomes) -> dict:
+    """Write D's dictionaries, events, rejects and catalogue; return the quality report."""
+    settings = cfg.clean
+    accepted = accepted_lines(classified)
+    dictionaries = update_dictionaries(
+        spark, cfg, date,
+        used={USERS: accepted.select(USER_ID), ITEMS: accepted.select(ITEM_ID)},
+        listed={ITEMS: catalogue.select(ITEM_ID), CATEGORIES: catalogue.select(CATEGORY)},
+    )
+    write_day(rejected_lines(classified), cfg, "rejects", date, rows=outcomes.rejected,
+              files=settings.rejects_files_per_day)
+    indexed_catalogue = index_catalogue(catalogue, dictionaries[ITEMS], dictionaries[CATEGORIES])
+    catalogue_items = indexed_catalogue.count()
+    write_day(indexed_catalogue, cfg, "catalogue", date, rows=catalogue_items, files=settings.snapshot_files_per_day)
+    report = build_report(
+        day=date,
+        lines_read=lines_read,
+        outcomes=outcomes,
+        distinct=distinct_ids(accepted),
+        new_ids={kind: count_first_seen(dictionaries[spec], date)
+                 for kind, spec in (("users", USERS), ("items", ITEMS), ("categories", CATEGORIES))},
+        catalogue_items=catalogue_items,
+    )
+    # Last: a write to the events table makes Spark drop every cached plan that reads it,
+    # and `classified` reads the look-back days; anything after this would recompute it.
+    events = index_events(accepted, dictionaries[USERS], dictionaries[ITEMS])
+    write_day(events, cfg, "events", date, rows=outcomes.accepted, files=settings.events_files_per_day)
+    return report
+
+
+def check_settings(settings: CleanConfig) -> None:
+    """Raise ConfigError for rules that would let a record through without what events need."""
+    raw_fields = {f.name for f in RAW_EVENT_SCHEMA.fields}
+    unknown = [name for name in settings.required_fields if name not in raw_fields]
+    if unknown:
+        raise ConfigError(f"clean.required_fields: {', '.join(unknown)} not a raw event field "
+                          f"(known: {', '.join(sorted(raw_fields))})")
+    lacking = [name for name in ALWAYS_REQUIRED if name not in settings.required_fields]
+    if lacking:
+        raise ConfigError(f"clean.required_fields must include {', '.join(lacking)}: events cannot lack them")
+    for key in ("bot_window_minutes", "events_files_per_day", "rejects_files_per_day", "snapshot_files_per_day"):
+        if getattr(settings, key) < 1:
+            raise ConfigError(f"clean.{key} must be at least 1, got {getattr(settings, key)}")
+
+
+def read_day_lines(spark: SparkSession, cfg: Config, date: dt.date) -> DataFrame:
+    """Day D's raw lines (column `line`); DataError naming the folder if it is missing."""
+    location = cfg.table_path("raw_events", date)
+    if not paths.exists(location):
+        raise DataError(f"no raw events for {date}: {location} does not exist")
+    return read_raw_lines(spark, location)
+
+
+def read_raw_catalogue(spark: SparkSession, cfg: Config) -> DataFrame:
+    location = cfg.table_path("raw_items")
+    if not paths.exists(location):
+        raise DataError(f"no item catalogue: {location} does not exist")
+    return read_catalogue(spark, location)
+
+
+def previous_event_ids(spark: SparkSession, cfg: Config, date: dt.date, lookback_days: int) -> DataFrame:
+    """Event ids accepted on the `lookback_days` days before D (column `event_id`)."""
+    schema = T.StructType([T.StructField(EVENT_ID, T.StringType())])
+    days = [date - dt.timedelta(days=n) for n in range(1, lookback_days + 1)]
+    # Only those days' folders, with the one column: no discovery of the whole table's
+    # partitions, no job to infer a schema that is known.
+    folders = [cfg.table_path("events", day) for day in days if io.table_exists(cfg, "events", day)]
+    if not folders:
+        return spark.createDataFrame([], schema)
+    return spark.read.schema(schema).parquet(*folders)
+
+
+def update_dictionaries(spark: SparkSession, cfg: Config, date: dt.date, *, used: dict[DictionarySpec, DataFrame],
+                        listed: dict[DictionarySpec, DataFrame]) -> dict[DictionarySpec, DataFrame]:
+    """Extend each dictionary's newest snapshot by the ids it lacks and write it as D's.
+
+    The newest snapshot, whatever its day, decides the next free index. When it is newer
+    than D (a rerun or a backfill), nothing is numbered: D's ids must all be known, and
+    D's snapshot holds the ids first seen by D plus the known ones D uses or lists
+    (`snapshot_as_of`), so a rerun writes what the first run wrote.
+
+    Args:
+        used: per dictionary, ids that D's accepted events use.
+        listed: per dictionary, ids that the catalogue lists. In a backfill, listed ids
+            the dictionary lacks are left out: they are newer than every cleaned day.
+
+    Returns:
+        Per dictionary, D's snapshot as written, read back: the frames built from the
+        old snapshot must not be used once it may have been replaced (a rerun of D
+        overwrites the very snapshot it read).
+
+    Raises:
+        DataError: before any write, when D is older than the newest snapshot and its
+            events use ids it lacks: numbering them now would fork the dictionary, since
+            the newer snapshots would not hold them. Clean the later days again in order.
+    """
+    snapshots = {}
+    for spec in (USERS, ITEMS, CATEGORIES):
+        existing, newest = read_newest_snapshot(spark, cfg, spec)
+        needed = key_union(spec.key, used.get(spec))
+        everything = key_union(spec.key, used.get(spec), listed.get(spec))
+        if newest is None or newest <= date:
+            snapshots[spec] = assign_new_indexes(existing, everything, key=spec.key, index=spec.index, day=date)
+            continue
+        missing = unseen_ids(existing, needed, key=spec.key).count() if needed is not None else 0
+        if missing:
+            raise DataError(f"{spec.table}: {missing} new id(s) on {date}, but the newest snapshot is dt={newest}; "
+                            f"clean the days after {date} again in order instead")
+        snapshots[spec] = snapshot_as_of(existing, everything, key=spec.key, day=date)
+    for spec, frame in snapshots.items():
+        io.write_days(io.with_day(frame, date), cfg, spec.table, files=cfg.clean.snapshot_files_per_day)
+    return {spec: read_snapshot(spark, cfg, spec, date) for spec in snapshots}
+
+
+def key_union(key: str, *frames: DataFrame | None) -> DataFrame | None:
+    """The `key` column of the given frames stacked, or None if none is given."""
+    present = [frame.select(key) for frame in frames if frame is not None]
+    if not present:
+        return None
+    union = present[0]
+    for frame in present[1:]:
+        union = union.unionByName(frame)
+    return union
+
+
+def index_events(accepted: DataFrame, users: DataFrame, items: DataFrame) -> DataFrame:
+    """Accepted events with `user_idx` and `item_idx`, exactly the columns of EVENTS_SCHEMA."""
+    return (
+        accepted
+        .join(users.select(USER_ID, USER_IDX), USER_ID, "left")
+        .join(items.select(ITEM_ID, ITEM_IDX), ITEM_ID, "left")
+        .withColumn(USER_IDX, require_index(USER_IDX, USER_ID))
+        .withColumn(ITEM_IDX, require_index(ITEM_IDX, ITEM_ID))
+        .select(*[F.col(field.name).cast(field.dataType) for field in EVENTS_SCHEMA.fields])
+    )
+
+
+def write_day(frame: DataFrame, cfg: Config, name: str, date: dt.date, *, rows: int, files: int) -> None:
+    """Replace day D of a table by `frame`, which holds `rows` rows.
+
+    With no rows dynamic overwrite would write nothing and keep a stale D from an
+    earlier run, so an empty day removes D instead.
+    """
+    if rows == 0:
+        paths.delete_dir(cfg.table_path(name, date))
+        return
+    io.write_days(io.with_day(frame, date), cfg, name, files=files)
+
+
+def count_first_seen(dictionary: DataFrame, date: dt.date) -> int:
+    """How many ids of a dictionary snapshot entered it on `date`."""
+    return dictionary.where(F.col(FIRST_SEEN) == F.lit(date)).count()

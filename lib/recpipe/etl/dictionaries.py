@@ -1,0 +1,120 @@
+"""Append-only id dictionaries: string ids to dense int indexes that never change.
+
+Each dictionary is a snapshot table (`dt=D` holds the whole dictionary as of day D:
+id, index, first_seen). A run reads the newest snapshot, keeps every index in it and
+numbers unseen ids after the largest one, in id order, so the same input always gets
+the same indexes. Index 0 (`schema.PADDING_IDX`) is never assigned: it means padding
+or unknown downstream. How a day older than the newest snapshot is handled (nothing is
+numbered) is `recpipe.etl.clean.update_dictionaries`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from recpipe import io
+from recpipe.config import Config
+from recpipe.etl.rejects import BLANK
+from recpipe.schema import CAT_IDX, CATEGORY, FIRST_SEEN, ITEM_ID, ITEM_IDX, PADDING_IDX, USER_ID, USER_IDX
+
+_TOP = "_top"
+NEWEST = dt.date.max  # `as_of` that finds the newest snapshot, whatever its day
+
+
+@dataclass(frozen=True)
+class DictionarySpec:
+    """Where a dictionary lives (`tables:` name) and what its columns are called."""
+
+    table: str
+    key: str
+    index: str
+
+    @property
+    def schema(self) -> T.StructType:
+        return T.StructType([
+            T.StructField(self.key, T.StringType(), False),
+            T.StructField(self.index, T.IntegerType(), False),
+            T.StructField(FIRST_SEEN, T.DateType(), False),
+        ])
+
+
+USERS = DictionarySpec("dim_users", USER_ID, USER_IDX)
+ITEMS = DictionarySpec("dim_items", ITEM_ID, ITEM_IDX)
+CATEGORIES = DictionarySpec("dim_categories", CATEGORY, CAT_IDX)
+
+
+def read_newest_snapshot(spark: SparkSession, cfg: Config, spec: DictionarySpec) -> tuple[DataFrame, dt.date | None]:
+    """The newest snapshot of a dictionary (any day) and its day; empty and None if none."""
+    newest = io.latest_day(cfg, spec.table, NEWEST)
+    if newest is None:
+        return spark.createDataFrame([], spec.schema), None
+    return read_snapshot(spark, cfg, spec, newest), newest
+
+
+def read_snapshot(spark: SparkSession, cfg: Config, spec: DictionarySpec, day: dt.date) -> DataFrame:
+    """One day's snapshot of a dictionary (`key`, `index`, `first_seen`)."""
+    # The schema is known: giving it spares Spark a job that reads Parquet footers.
+    return spark.read.schema(spec.schema).parquet(cfg.table_path(spec.table, day))
+
+
+def unseen_ids(existing: DataFrame, ids: DataFrame, *, key: str) -> DataFrame:
+    """Distinct non-blank values of `ids[key]` that `existing` does not hold yet."""
+    candidates = ids.select(key).where(F.col(key).isNotNull() & ~F.col(key).rlike(BLANK)).distinct()
+    return candidates.join(existing.select(key), key, "left_anti")
+
+
+def assign_new_indexes(existing: DataFrame, ids: DataFrame, *, key: str, index: str, day: dt.date) -> DataFrame:
+    """The dictionary extended by the ids it lacks, numbered after its largest index.
+
+    Args:
+        existing: the current dictionary (`key`, `index`, `first_seen`); may be empty.
+        ids: any frame with column `key`; nulls, blanks and repeats are ignored.
+        key: the id column name.
+        index: the index column name.
+        day: recorded as `first_seen` of the new ids.
+
+    Returns:
+        `existing` unchanged plus one row per new id: indexes max+1, max+2, ... in id
+        order (from 1 when `existing` is empty), `first_seen` = `day`.
+    """
+    top = existing.agg(F.coalesce(F.max(index), F.lit(PADDING_IDX)).cast("long").alias(_TOP))
+    # A window without partitions sorts in one task; the ids new on one day are few, and
+    # numbering in id order is what makes the indexes reproducible.
+    in_id_order = Window.orderBy(key)
+    numbered = (
+        unseen_ids(existing, ids, key=key)
+        .crossJoin(top)
+        .withColumn(index, (F.col(_TOP) + F.row_number().over(in_id_order)).cast("int"))
+        .withColumn(FIRST_SEEN, F.lit(day))
+        .select(key, index, FIRST_SEEN)
+    )
+    return existing.select(key, index, FIRST_SEEN).unionByName(numbered)
+
+
+def snapshot_as_of(dictionary: DataFrame, ids: DataFrame, *, key: str, day: dt.date) -> DataFrame:
+    """The dictionary as of `day`: ids first seen by then, and those of `ids` first seen later.
+
+    Rerunning a day after later days were cleaned then writes the same snapshot as its
+    first run did; a day cleaned late (a backfill) still holds every id it uses.
+    """
+    used_later = (
+        dictionary
+        .where(F.col(FIRST_SEEN) > F.lit(day))
+        .join(ids.select(key).distinct(), key, "left_semi")
+    )
+    return dictionary.where(F.col(FIRST_SEEN) <= F.lit(day)).unionByName(used_later)
+
+
+def require_index(index: str, key: str) -> Column:
+    """The index column, failing the task where it is null.
+
+    Every id is added to its dictionary before events or the catalogue are indexed, so
+    a missing index is a bug; failing the write leaves the previous output in place.
+    """
+    message = F.concat(F.lit(f"no {index} for {key} "), F.coalesce(F.col(key), F.lit("null")))
+    return F.coalesce(F.col(index), F.raise_error(message).cast("int"))
