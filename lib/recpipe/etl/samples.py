@@ -1,0 +1,233 @@
+"""Ranker samples: one row per impression, labelled by its click, with the history and
+the dense features the ranker may know at that moment, split by time.
+
+Layout of `samples/dt=D/split={train,valid,test}` (Parquet, read by Petastorm):
+
+    event_id    string         the impression's event id
+    user_idx    int32
+    item_idx    int32          the candidate
+    cat_idx     int32          its category (0 = unknown)
+    label       float32        1 if clicked in the same request within the attribution window
+    hist_items  int32[L]       last L interactions strictly before the impression, most recent last, 0-padded left
+    hist_cats   int32[L]       their categories
+    hist_len    int32          real entries in hist_items (0..L)
+    user_dense  float32[U]     user features as of the impression day's cut-off (names in _meta.json)
+    item_dense  float32[I]     item features as of the impression day's cut-off (names in _meta.json)
+    ts_ms       int64          impression time, epoch ms
+
+`samples/dt=D/_meta.json` records L, the dense feature names, the split rule, the
+negative sampling rate and the rows per split.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from typing import Mapping
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from recpipe import paths
+from recpipe.config import Config
+from recpipe.etl.sequences import DAY_MS, EVENT_DAY, attach_histories
+from recpipe.schema import (
+    CAT_IDX, DT, EVENT_ID, EVENT_TYPE, HIST_CATS, HIST_ITEMS, HIST_LEN, ITEM_DENSE, ITEM_IDX, LABEL, PADDING_IDX,
+    REQUEST_ID, SPLIT, TS_MS, USER_DENSE, USER_IDX, require_columns,
+)
+
+TRAIN, VALID, TEST = "train", "valid", "test"
+SPLITS = (TRAIN, VALID, TEST)
+EVAL_SPLITS = ("user_hash", "time")
+META_FILE = "_meta.json"
+
+SAMPLE_COLUMNS = (EVENT_ID, USER_IDX, ITEM_IDX, CAT_IDX, LABEL, HIST_ITEMS, HIST_CATS, HIST_LEN,
+                  USER_DENSE, ITEM_DENSE, TS_MS)
+
+_HASH_BUCKETS = 1_000_000
+_CLICK_MS = "_click_ms"       # per (user, request, item): the times of its clicks
+
+
+def _uniform(*columns: Column) -> Column:
+    """A deterministic number in [0, 1) from a hash of the columns: the same on every rerun,
+    whatever the partitioning (unlike rand(seed))."""
+    return F.pmod(F.xxhash64(*columns), F.lit(_HASH_BUCKETS)) / F.lit(float(_HASH_BUCKETS))
+
+
+def select_impressions(events: DataFrame, start_ms: int, end_ms: int) -> DataFrame:
+    """Impressions with `ts_ms` in [start_ms, end_ms).
+
+    Returns:
+        `event_id`, `user_idx`, `item_idx`, `request_id`, `ts_ms`, `event_day`.
+    """
+    require_columns(events, [EVENT_ID, USER_IDX, ITEM_IDX, EVENT_TYPE, REQUEST_ID, TS_MS, EVENT_DAY],
+                    "select_impressions")
+    return (
+        events
+        .where(F.col(EVENT_TYPE) == "impression")
+        .where(F.col(TS_MS).between(start_ms, end_ms - 1))
+        .select(EVENT_ID, USER_IDX, ITEM_IDX, REQUEST_ID, TS_MS, EVENT_DAY)
+    )
+
+
+def label_impressions(impressions: DataFrame, events: DataFrame, attribution_minutes: int) -> DataFrame:
+    """Add `label`: 1.0 when the user clicked the same item in the same request within
+    `attribution_minutes` at or after the impression, else 0.0.
+
+    A click in another request, on another item, or later than the window does not count.
+    Clicks are gathered per (user, request, item), a handful at most, so the impressions
+    need a single join on that key and no join back.
+    """
+    require_columns(impressions, [USER_IDX, ITEM_IDX, REQUEST_ID, TS_MS], "label_impressions")
+    window_ms = attribution_minutes * 60_000
+    key = [USER_IDX, REQUEST_ID, ITEM_IDX]
+    clicks = (
+        events
+        .where((F.col(EVENT_TYPE) == "click") & F.col(REQUEST_ID).isNotNull())
+        .groupBy(*key)
+        .agg(F.collect_list(TS_MS).alias(_CLICK_MS))
+    )
+    shown = F.col(TS_MS)
+    attributed = F.exists(F.col(_CLICK_MS), lambda click: (click >= shown) & (click <= shown + window_ms))
+    return (
+        impressions
+        .join(clicks, key, "left")
+        .withColumn(LABEL, F.coalesce(attributed, F.lit(False)).cast("float"))
+        .drop(_CLICK_MS)
+    )
+
+
+def assign_splits(labelled: DataFrame, cutoff_ms: int, eval_split: str, valid_share: float, seed: int) -> DataFrame:
+    """Add `split` by time: before the cut-off is train; day D goes to valid or test.
+
+    Args:
+        labelled: impressions of the train window and of day D, with `user_idx`, `ts_ms`.
+        cutoff_ms: D 00:00 UTC in epoch ms.
+        eval_split: `user_hash` (a seeded hash of user_idx below `valid_share` is valid, so a
+            user's day is never split between valid and test) or `time` (the first
+            `valid_share` of day D is valid).
+        valid_share: share of day D (users or time) in valid.
+        seed: hash seed.
+    """
+    if eval_split == "user_hash":
+        to_valid = _uniform(F.lit("valid"), F.col(USER_IDX), F.lit(seed)) < valid_share
+    elif eval_split == "time":
+        to_valid = F.col(TS_MS) < F.lit(cutoff_ms + int(valid_share * DAY_MS))
+    else:
+        raise ValueError(f"unknown eval_split {eval_split!r}; expected one of {EVAL_SPLITS}")
+    return labelled.withColumn(
+        SPLIT,
+        F.when(F.col(TS_MS) < cutoff_ms, F.lit(TRAIN)).when(to_valid, F.lit(VALID)).otherwise(F.lit(TEST)),
+    )
+
+
+def downsample_negatives(samples: DataFrame, rate: float, seed: int) -> DataFrame:
+    """Keep every positive and a seeded, deterministic `rate` share of the train negatives.
+
+    Valid and test keep all their rows: they are evaluated at the true click rate.
+    """
+    if rate >= 1.0:
+        return samples
+    keep = (
+        (F.col(SPLIT) != TRAIN)
+        | (F.col(LABEL) > 0)
+        | (_uniform(F.lit("negatives"), F.col(EVENT_ID), F.lit(seed)) < rate)
+    )
+    return samples.where(keep)
+
+
+def build_samples(impressions: DataFrame, events: DataFrame, interactions: DataFrame, user_dense: DataFrame,
+                  item_dense: DataFrame, item_categories: DataFrame, *, date: dt.date, train_start_ms: int,
+                  cutoff_ms: int, history_length: int, attribution_minutes: int, eval_split: str,
+                  valid_share: float, negative_sampling_rate: float, seed: int) -> DataFrame:
+    """The ranker samples of the train window and of day D.
+
+    Args:
+        impressions: `select_impressions` over [train_start_ms, cutoff_ms + 1 day).
+        events: events with `ts_ms` from the train window's start to the attribution window after
+            day D: the clicks that label the impressions.
+        interactions: `select_interactions` before the end of day D.
+        user_dense: `user_idx`, `event_day`, `user_dense` for every impression's (user, day).
+        item_dense: `item_idx`, `event_day`, `item_dense` for every impression's (item, day).
+        item_categories: `item_idx`, `cat_idx`.
+        date: D, written as the `dt` column.
+
+    Returns:
+        `SAMPLE_COLUMNS` plus `dt` and `split`.
+    """
+    kept = (
+        label_impressions(impressions, events, attribution_minutes)
+        .transform(lambda f: assign_splits(f, cutoff_ms, eval_split, valid_share, seed))
+        .transform(lambda f: downsample_negatives(f, negative_sampling_rate, seed))
+    )
+    return (
+        attach_histories(kept, interactions, history_length=history_length, since_ms=train_start_ms)
+        .join(user_dense, [USER_IDX, EVENT_DAY], "left")
+        .join(item_dense, [ITEM_IDX, EVENT_DAY], "left")
+        .join(item_categories, ITEM_IDX, "left")
+        .select(
+            F.col(EVENT_ID),
+            F.col(USER_IDX).cast("int"),
+            F.col(ITEM_IDX).cast("int"),
+            F.coalesce(F.col(CAT_IDX), F.lit(PADDING_IDX)).cast("int").alias(CAT_IDX),
+            F.col(LABEL).cast("float"),
+            HIST_ITEMS,
+            HIST_CATS,
+            HIST_LEN,
+            USER_DENSE,
+            ITEM_DENSE,
+            F.col(TS_MS).cast("long"),
+            F.lit(date).alias(DT),
+            SPLIT,
+        )
+    )
+
+
+def files_for(rows: int, min_files: int, max_records_per_file: int) -> int:
+    """Files for a split: at least `min_files` (never more than rows), and enough that none
+    holds more than `max_records_per_file` rows."""
+    return max(min(min_files, rows), math.ceil(rows / max_records_per_file), 1)
+
+
+def write_samples(samples: DataFrame, cfg: Config, date: dt.date, rows_per_split: Mapping[str, int],
+                  min_files: int, max_records_per_file: int, row_group_mb: int) -> dict[str, int]:
+    """Write each split of day D, replacing only `dt=D/split=<s>`; return files per split.
+
+    Rows are dealt round-robin into `files_for(...)` tasks, so a split gets exactly that
+    many files of even size: many more Parquet row groups than training ranks even on
+    small data (Petastorm shards by row group), none larger than `row_group_mb`.
+    A split with no rows has its old folder removed, so no stale rows survive a rerun.
+    """
+    files = {}
+    for split in SPLITS:
+        rows = rows_per_split.get(split, 0)
+        if rows == 0:
+            paths.delete_dir(paths.join_uri(cfg.table_path("samples", date), f"{SPLIT}={split}"))
+            files[split] = 0
+            continue
+        files[split] = files_for(rows, min_files, max_records_per_file)
+        (
+            samples
+            .where(F.col(SPLIT) == split)
+            .repartition(files[split])
+            .write
+            .mode("overwrite")
+            .option("maxRecordsPerFile", max_records_per_file)
+            .option("parquet.block.size", row_group_mb * 1024 * 1024)
+            .partitionBy(DT, SPLIT)
+            .parquet(cfg.table_path("samples"))
+        )
+    return files
+
+
+def write_meta(cfg: Config, date: dt.date, meta: Mapping) -> str:
+    """Write `_meta.json` beside the splits of day D (Spark and Petastorm skip `_` files)."""
+    location = paths.join_uri(cfg.table_path("samples", date), META_FILE)
+    paths.write_bytes(location, json.dumps(meta, indent=2, sort_keys=True).encode())
+    return location
+
+
+def read_meta(cfg: Config, date: dt.date) -> dict:
+    """The `_meta.json` of day D's samples."""
+    return json.loads(paths.read_bytes(paths.join_uri(cfg.table_path("samples", date), META_FILE)))
