@@ -351,7 +351,11 @@ def catalogue_rows(snapshot: dt.date) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def lake(spark, tmp_path_factory):
-    """A written lake, the config, the events as pandas, and the summary of run(D)."""
+    """A written lake, the config, the events as pandas, and the summary of run(D).
+
+    Module-scoped so that the stage runs once for all the end-to-end tests; hence a config
+    loaded here rather than through the per-test `make_config`.
+    """
     from pyspark.sql import types as T
 
     from recpipe import io
@@ -562,6 +566,7 @@ def test_samples_have_petastorm_types_and_enough_row_groups(spark, lake):
     train_dir = Path(cfg.table_path("samples", D), "split=train")
     files = sorted(train_dir.glob("*.parquet"))
     assert len(files) == meta["files"]["train"] == 3
+    assert sum(pq.ParquetFile(f).num_row_groups for f in files) >= 3    # Petastorm shards by row group
     schema = pq.read_schema(files[0])
     assert {name: str(schema.field(name).type).replace(" not null", "") for name in schema.names} == {
         "event_id": "string", "user_idx": "int32", "item_idx": "int32", "cat_idx": "int32", "label": "float",
@@ -595,13 +600,18 @@ def checksum(location: str) -> str:
 def test_rerun_is_identical_and_the_next_day_leaves_d_alone(spark, lake):
     from recpipe.etl.features import run
 
+    from recpipe.etl.samples import read_meta
+
     cfg = lake["cfg"]
     tables = ("user_features", "item_features", "sequences", "samples")
     first = {name: checksum(cfg.table_path(name, D)) for name in tables}
+    meta = read_meta(cfg, D)
 
     summary = run(spark, cfg, D + dt.timedelta(days=1))
     assert summary["samples"]["valid"] + summary["samples"]["test"] > 0
+    assert read_meta(cfg, D + dt.timedelta(days=1))["rows"] == summary["samples"]
     assert {name: checksum(cfg.table_path(name, D)) for name in tables} == first
 
     assert run(spark, cfg, D) == lake["summary"]
     assert {name: checksum(cfg.table_path(name, D)) for name in tables} == first
+    assert read_meta(cfg, D) == meta

@@ -156,8 +156,8 @@ def log_to_mlflow(cfg: Config, date: dt.date, als_cfg: AlsConfig, model: ALSMode
             mlflow.data.from_spark(interactions, path=cfg.table_path("events"), name=f"interactions-{date}"),
             context="training",
         )
-        mlflow.spark.log_model(
+        mlflow.spark.log_model(  # the Spark flavour still takes artifact_path, not name=
             model,
-            name="als-model",
+            artifact_path="als-model",
             registered_model_name=REGISTERED_MODEL if als_cfg.register_model else None,
         )

@@ -1,0 +1,161 @@
+"""Throughput of the ranker's input pipeline and of training on the CPU.
+
+One run, on one synthetic `ranker_input` split (written with pyarrow, the shape of the
+default samples: L = 50, 19 + 19 dense features, 16 files), measures samples per second of:
+
+- `pyarrow → tensors`: every row group read with pyarrow and sliced into torch batches,
+  no shuffling: the ceiling for any Parquet loader on this machine;
+- `petastorm`: the training loader (`TrainStream`: make_batch_reader, shuffled row
+  groups, BatchedDataLoader), with and without its row shuffling queue;
+- `train step (in memory)`: forward + backward + AdamW of the attention network on
+  batches already in memory: the compute ceiling;
+- `train (petastorm)`: the real single-process training loop (`trainer.train`, one
+  epoch), loader and compute together.
+
+Ratios are against the pyarrow ceiling (loaders) or the in-memory step (training). On a
+shared machine timings move with other work: the measures run in interleaved rounds
+and the best round of each is reported, with the median beside it.
+
+    .venv/bin/python benchmarks/loader_bench.py [--rows 200000] [--batch 1024] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from itertools import islice
+
+import numpy as np
+import torch
+
+from recpipe.ranker.data import LABEL, TRAIN_COLUMNS, TrainStream, _fragments, tensor_batches
+from recpipe.ranker.model import RankerModelConfig, build_model, model_inputs
+from recpipe.ranker.toy import write_toy_split
+from recpipe.ranker.trainer import TrainJob, train
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000, help="rows of the synthetic split")
+    parser.add_argument("--files", type=int, default=16, help="Parquet files (one row group each)")
+    parser.add_argument("--batch", type=int, default=1024, help="batch size")
+    parser.add_argument("--history", type=int, default=50, help="L")
+    parser.add_argument("--shuffle-queue", type=int, default=20_000, help="Petastorm shuffling queue rows")
+    parser.add_argument("--workers", type=int, default=2, help="Petastorm reader threads")
+    parser.add_argument("--train-batches", type=int, default=60, help="batches timed for the in-memory train step")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of every measure")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads")
+    parser.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
+    return parser.parse_args(argv)
+
+
+def timed_rate(batches, batch_size: int, warmup: int = 2) -> float:
+    """Samples per second over an iterator of batches, after a few warm-up batches."""
+    iterator = iter(batches)
+    for _ in islice(iterator, warmup):
+        pass
+    rows, started = 0, time.perf_counter()
+    for batch in iterator:
+        rows += len(batch[LABEL])
+    seconds = time.perf_counter() - started
+    return rows / seconds if seconds > 0 else float("nan")
+
+
+def pyarrow_batches(location: str, batch_size: int):
+    """Row group by row group with pyarrow, sliced into tensor batches (the ceiling)."""
+    from recpipe.ranker.data import _to_numpy
+
+    for fragment in sorted(_fragments(location), key=lambda f: f.path):
+        for group in range(fragment.metadata.num_row_groups):
+            table = fragment.subset(row_group_ids=[group]).to_table(columns=list(TRAIN_COLUMNS))
+            yield from tensor_batches(_to_numpy([table], TRAIN_COLUMNS), batch_size, TRAIN_COLUMNS)
+
+
+def petastorm_batches(location: str, args: argparse.Namespace, shuffle_queue: int, count: int):
+    torch.manual_seed(0)
+    with TrainStream(location, args.batch, 0, 1, seed=0, shuffle_queue=shuffle_queue, workers=args.workers) as stream:
+        yield from islice(stream, count)
+
+
+def model_config(args: argparse.Namespace) -> RankerModelConfig:
+    return RankerModelConfig(item_vocab=5001, cat_vocab=41, history_length=args.history, user_dense_dim=19,
+                             item_dense_dim=19)
+
+
+def train_step_rate(args: argparse.Namespace, location: str) -> float:
+    """Forward + backward + AdamW on in-memory batches (no loader)."""
+    from recpipe.ranker.data import read_split
+
+    arrays = read_split(location, TRAIN_COLUMNS)
+    batches = list(islice(tensor_batches(arrays, args.batch, TRAIN_COLUMNS), args.train_batches + 2))
+    torch.manual_seed(0)
+    model = build_model(model_config(args)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    def steps():
+        for batch in batches:
+            loss = loss_fn(model(*model_inputs(batch)), batch[LABEL])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            yield batch
+
+    return timed_rate(steps(), args.batch)
+
+
+def train_loop_rate(args: argparse.Namespace, location: str, rows: int, checkpoints: str) -> float:
+    """The real training function, one process, one epoch over `rows` rows."""
+    job = TrainJob(name="bench", model_config=model_config(args).to_dict(), train_location=location,
+                   valid_location="", train_rows=rows, checkpoint_dir=checkpoints, global_batch_size=args.batch,
+                   epochs=1, shuffle_queue=args.shuffle_queue, reader_workers=args.workers, progress=False)
+    return train(job)["history"][0]["samples_per_s"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the training function's ranks read it
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory(prefix="recpipe-loader-bench-") as tmp:
+        location = f"{tmp}/train"
+        per_file = args.rows // args.files
+        write_toy_split(location, [per_file] * args.files, files=args.files, history_length=args.history,
+                        items=5000, categories=40, user_dense=19, item_dense=19)
+        rows = per_file * args.files
+        batches = rows // args.batch
+        train_rows = min(rows, args.batch * args.train_batches)
+        measures = {
+            "pyarrow_to_tensors": lambda: timed_rate(pyarrow_batches(location, args.batch), args.batch),
+            "petastorm_shuffled": lambda: timed_rate(
+                petastorm_batches(location, args, args.shuffle_queue, batches), args.batch),
+            "petastorm_no_queue": lambda: timed_rate(petastorm_batches(location, args, 0, batches), args.batch),
+            "train_step_in_memory": lambda: train_step_rate(args, location),
+            "train_petastorm": lambda: train_loop_rate(args, location, train_rows, f"{tmp}/ckpt"),
+        }
+        # Rounds interleave the measures, so that a burst of other work on a shared machine
+        # hits all of them alike; the best round of each is reported (the least disturbed).
+        runs: dict[str, list[float]] = {name: [] for name in measures}
+        for _ in range(args.repeat):
+            for name, measure in measures.items():
+                runs[name].append(measure())
+    figures = {"rows": rows, "batch": args.batch, "history_length": args.history, "cpu_count": os.cpu_count(),
+               "torch_threads": torch.get_num_threads(), "rounds": runs,
+               **{name: max(values) for name, values in runs.items()}}
+    references = {"pyarrow_to_tensors": "pyarrow_to_tensors", "petastorm_shuffled": "pyarrow_to_tensors",
+                  "petastorm_no_queue": "pyarrow_to_tensors", "train_step_in_memory": "train_step_in_memory",
+                  "train_petastorm": "train_step_in_memory"}
+    print(f"{'what':<24}{'best samples/s':>15}{'median':>10}  ratio (best)")
+    for name, reference in references.items():
+        median = float(np.median(runs[name]))
+        print(f"{name:<24}{figures[name]:>15,.0f}{median:>10,.0f}  {figures[name] / figures[reference]:.2f}")
+    if args.json_out:
+        with open(args.json_out, "w") as out:
+            json.dump(figures, out, indent=2)
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Reading `ranker_input` for training (Petastorm, sharded by rank) and for evaluation.
+
+Training reads an unbounded stream (`num_epochs=None`): each rank reads its own row
+groups (Petastorm's `cur_shard`/`shard_count`), round after round, and the trainer takes
+the same fixed number of batches per epoch on every rank. A rank whose shard is smaller
+simply wraps around sooner, so no rank can run out of data and leave the others waiting
+in an all-reduce.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from recpipe.paths import filesystem_for, has_scheme
+
+LABEL = "label"
+FEATURES = ("item_idx", "cat_idx", "hist_items", "hist_cats", "hist_len", "user_dense", "item_dense", "als_score")
+TRAIN_COLUMNS = (*FEATURES, LABEL)
+EVAL_EXTRA = ("event_id", "user_idx")  # kept for grouping and joining the truth; not tensors
+
+
+def dataset_url(location: str) -> str:
+    """A Petastorm dataset URL for a local path or a URI (Hadoop's s3a is plain s3 to it)."""
+    if not has_scheme(location):
+        return "file://" + os.path.abspath(location)
+    if location.startswith("s3a://"):
+        return "s3://" + location[len("s3a://"):]
+    return location
+
+
+def row_groups(location: str) -> int:
+    """How many Parquet row groups a dataset folder holds (Petastorm shards by these)."""
+    return sum(fragment.metadata.num_row_groups for fragment in _fragments(location))
+
+
+def _fragments(location: str) -> list:
+    """The Parquet files of a folder (names starting with _ or . are skipped, as Spark does)."""
+    import pyarrow.dataset as ds
+
+    fs, root = filesystem_for(location)
+    return list(ds.dataset(root, filesystem=fs, format="parquet").get_fragments())
+
+
+# Petastorm 0.12 drives pyarrow 14 through its legacy API (the reason pyarrow is pinned):
+# one FutureWarning per row group read is noise, not news. Its loader hands read-only
+# numpy arrays to torch.as_tensor; the shuffling buffer copies them before any write.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm\.")
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
+
+class TrainStream:
+    """Shuffled training batches of one rank's shard, without end.
+
+    Row groups are shuffled per round (seeded), and rows go through Petastorm's shuffling
+    queue, which draws from torch's global generator: seed it (seed + rank) before
+    opening. Use as a context manager; `next()` gives a dict of tensors keyed by column.
+
+    Args:
+        location: the split's folder.
+        batch_size: rows per batch on this rank (the global batch / world size).
+        rank: this rank, Petastorm's `cur_shard`.
+        world: the number of ranks, Petastorm's `shard_count`.
+        seed: seed of the row-group order (seed + rank: ranks read in different orders;
+            Petastorm assigns row groups to shards by index, whatever the seed).
+        shuffle_queue: capacity of the row shuffling queue, in rows.
+        workers: Petastorm reader threads.
+        columns: the columns to read.
+    """
+
+    def __init__(self, location: str, batch_size: int, rank: int, world: int, seed: int, shuffle_queue: int,
+                 workers: int = 2, columns: Sequence[str] = TRAIN_COLUMNS):
+        from petastorm import make_batch_reader
+        from petastorm.pytorch import BatchedDataLoader
+
+        self._reader = make_batch_reader(
+            dataset_url(location),
+            schema_fields=list(columns),
+            num_epochs=None,
+            cur_shard=rank,
+            shard_count=world,
+            shuffle_row_groups=True,
+            seed=seed,
+            workers_count=workers,
+        )
+        self._loader = BatchedDataLoader(self._reader, batch_size=batch_size, shuffling_queue_capacity=shuffle_queue)
+        self._batches: Iterator[Mapping[str, torch.Tensor]] = iter(self._loader)
+
+    def __enter__(self) -> "TrainStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __iter__(self) -> "TrainStream":
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        return dict(next(self._batches))
+
+    def close(self) -> None:
+        self._reader.stop()
+        self._reader.join()
+
+
+def read_split(location: str, columns: Sequence[str] = (*TRAIN_COLUMNS, *EVAL_EXTRA),
+               rank: int = 0, world: int = 1) -> dict[str, np.ndarray]:
+    """Every row of a split (or of this rank's share of its row groups), as numpy arrays.
+
+    Row groups are dealt to ranks round-robin in a fixed order, so each row is read by
+    exactly one rank (evaluation must see every row exactly once, unlike training).
+    Array columns become 2-D arrays.
+    """
+    tables = []
+    index = 0
+    for fragment in sorted(_fragments(location), key=lambda f: f.path):
+        for group in range(fragment.metadata.num_row_groups):
+            if index % world == rank:
+                tables.append(fragment.subset(row_group_ids=[group]).to_table(columns=list(columns)))
+            index += 1
+    return _to_numpy(tables, columns)
+
+
+def _to_numpy(tables: list, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    import pyarrow as pa
+
+    if not tables:
+        return {c: np.empty(0) for c in columns}
+    table = pa.concat_tables(tables)
+    out = {}
+    for name in columns:
+        column = table.column(name).combine_chunks()
+        if isinstance(column.type, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
+            width = len(column[0]) if len(column) else 0
+            out[name] = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width)
+        else:
+            out[name] = column.to_numpy(zero_copy_only=False)
+    return out
+
+
+def tensor_batches(arrays: Mapping[str, np.ndarray], batch_size: int, columns: Sequence[str] = FEATURES
+                   ) -> Iterator[dict[str, torch.Tensor]]:
+    """Consecutive batches of in-memory arrays as tensors (for evaluation and scoring)."""
+    rows = len(next(iter(arrays.values()))) if arrays else 0
+    for start in range(0, rows, batch_size):
+        yield {name: torch.as_tensor(np.ascontiguousarray(arrays[name][start:start + batch_size])) for name in columns}
+
+
+def parquet_rows(location: str) -> int:
+    """Rows of a Parquet folder from the footers alone."""
+    return sum(frag.metadata.num_rows for frag in _fragments(location))

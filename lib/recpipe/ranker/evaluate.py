@@ -1,0 +1,88 @@
+"""Evaluation on the held-out test split: every method scores the same rows.
+
+Methods: the trained networks (click probabilities), the ALS score and the popularity
+feature (scores only: ranking metrics), and on generated data the oracle, the true
+click probability the generator planted, with each method's AUC as a share of the
+oracle's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Mapping
+
+import numpy as np
+import torch
+
+from recpipe import paths
+from recpipe.config import Config
+from recpipe.ranker.data import tensor_batches
+from recpipe.ranker.metrics import auc, evaluate_scores
+from recpipe.ranker.model import RankerModel, model_inputs
+
+log = logging.getLogger("recpipe.ranker")
+
+ORACLE = "oracle"
+
+
+@torch.no_grad()
+def predict(model: RankerModel, arrays: Mapping[str, np.ndarray], batch_size: int) -> np.ndarray:
+    """Click probabilities of a network for in-memory rows, in row order."""
+    model.eval()
+    out = [torch.sigmoid(model(*model_inputs(b)).float()).numpy() for b in tensor_batches(arrays, batch_size)]
+    return np.concatenate(out).astype(np.float64) if out else np.empty(0)
+
+
+def baseline_scores(arrays: Mapping[str, np.ndarray], popularity_index: int) -> dict[str, np.ndarray]:
+    """The scores of the non-learned rankers: the ALS score and the popularity feature."""
+    return {
+        "als": arrays["als_score"].astype(np.float64),
+        "popularity": arrays["item_dense"][:, popularity_index].astype(np.float64),
+    }
+
+
+def oracle_probabilities(cfg: Config, date: dt.date, event_ids: np.ndarray) -> np.ndarray | None:
+    """The planted p_click of each event id (NaN where unknown); None on real data."""
+    import pyarrow.dataset as ds
+
+    location = paths.join_uri(cfg.table_path("truth"), "impressions", f"dt={date.isoformat()}")
+    if not paths.exists(location):
+        return None
+    fs, root = paths.filesystem_for(location)
+    truth = ds.dataset(root, filesystem=fs, format="parquet").to_table(columns=["event_id", "p_click"]).to_pandas()
+    p_click = truth.drop_duplicates("event_id").set_index("event_id")["p_click"]
+    return p_click.reindex(event_ids.astype(str)).to_numpy(dtype=np.float64)
+
+
+def compare(labels: np.ndarray, users: np.ndarray, probabilities: Mapping[str, np.ndarray],
+            scores: Mapping[str, np.ndarray], oracle: np.ndarray | None) -> dict[str, float]:
+    """Metrics of every method on the same rows, as `test_<method>_<metric>`.
+
+    Args:
+        labels / users: per row.
+        probabilities: methods whose scores are click probabilities (logloss, calibration apply).
+        scores: methods with scores only (ranking metrics).
+        oracle: the true p_click per row (NaN = unknown) or None.
+
+    With an oracle, `test_<method>_auc_vs_oracle` is the method's AUC over the oracle's,
+    both on the rows the truth covers.
+    """
+    out: dict[str, float] = {"test_rows": float(len(labels)), "test_users": float(len(np.unique(users)))}
+    methods = {**{m: (s, True) for m, s in probabilities.items()}, **{m: (s, False) for m, s in scores.items()}}
+    for method, (values, is_probability) in methods.items():
+        for metric, value in evaluate_scores(labels, values, users, probabilities=is_probability).items():
+            out[f"test_{method}_{metric}"] = value
+    if oracle is None:
+        return out
+    covered = ~np.isnan(oracle)
+    out["test_oracle_coverage"] = float(covered.mean()) if len(covered) else 0.0
+    if not covered.any():
+        return out
+    y = labels[covered]
+    for metric, value in evaluate_scores(y, oracle[covered], users[covered], probabilities=True).items():
+        out[f"test_{ORACLE}_{metric}"] = value
+    ceiling = auc(y, oracle[covered])
+    for method, (values, _) in methods.items():
+        out[f"test_{method}_auc_vs_oracle"] = auc(y, values[covered]) / ceiling
+    return out

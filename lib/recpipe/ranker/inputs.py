@@ -1,0 +1,256 @@
+"""The Spark part of `recpipe train`: samples + leak-free ALS scores → `ranker_input`,
+and the statistics the network is built with (vocabulary sizes, normalisation).
+
+No leakage through the ALS score: `als/dt=a` is trained on events strictly before day
+a, so a sample of day d may use the factors of the newest run with a <= d and never a
+later one (whose training data holds the sample's own click). Samples with no such run
+get 0.0. The dot product uses Spark's built-in higher-order functions (no Python UDF).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recpipe import io, paths
+from recpipe.config import Config
+from recpipe.errors import DataError
+from recpipe.etl.samples import SAMPLE_COLUMNS, SPLITS, TRAIN, files_for
+from recpipe.etl.sequences import DAY_MS, epoch_day
+from recpipe.schema import (
+    ALS_SCORE, CAT_IDX, DT, HIST_CATS, HIST_ITEMS, ITEM_DENSE, ITEM_IDX, SPLIT, TS_MS, USER_DENSE, USER_IDX,
+    require_columns,
+)
+
+log = logging.getLogger("recpipe.ranker")
+
+ALS_DAY = "_als_day"      # epoch day of the ALS run whose factors score a sample
+SAMPLE_DAY = "_sample_day"
+FACTORS = "features"      # ALS factor column
+FACTOR_OUTPUTS = ("user_factors", "item_factors")
+
+
+@dataclass(frozen=True)
+class InputStats:
+    """What the network is built with, from the TRAIN split of `ranker_input`."""
+
+    rows: dict                # split → rows
+    item_vocab: int           # 1 + the largest item index in train (candidates and histories)
+    cat_vocab: int
+    user_dense_mean: tuple
+    user_dense_std: tuple
+    item_dense_mean: tuple
+    item_dense_std: tuple
+    als_score_mean: float
+    als_score_std: float
+    als_days: dict            # sample day (ISO) → ALS day used (ISO) or None
+
+
+# --- which ALS run scores which day --------------------------------------------------
+
+def als_runs(cfg: Config, up_to: dt.date) -> list[dt.date]:
+    """Days a with complete ALS factors (`als/dt=a/{user,item}_factors`), a <= up_to."""
+    fs, root = paths.filesystem_for(cfg.table_path("als"))
+    from pyarrow import fs as pafs
+
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return []
+    days = []
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith(f"{DT}="):
+            continue
+        try:
+            day = dt.date.fromisoformat(info.base_name[len(DT) + 1:])
+        except ValueError:
+            continue
+        if day <= up_to and all(paths.exists(paths.join_uri(cfg.table_path("als", day), o)) for o in FACTOR_OUTPUTS):
+            days.append(day)
+    return sorted(days)
+
+
+def als_day_for(sample_days: Sequence[dt.date], runs: Sequence[dt.date]) -> dict[dt.date, dt.date | None]:
+    """For each sample day d, the newest ALS run a <= d (None when there is none)."""
+    return {d: max((a for a in runs if a <= d), default=None) for d in sample_days}
+
+
+# --- transforms ----------------------------------------------------------------------
+
+def with_als_day(samples: DataFrame, mapping: Mapping[dt.date, dt.date | None]) -> DataFrame:
+    """Add `_als_day` (epoch day of the ALS run to use; null = none) from each sample's UTC day."""
+    spark = samples.sparkSession
+    rows = [(epoch_day(d), epoch_day(a) if a else None) for d, a in mapping.items()]
+    days = spark.createDataFrame(rows, f"{SAMPLE_DAY} int, {ALS_DAY} int")
+    return (
+        samples
+        .withColumn(SAMPLE_DAY, F.floor(F.col(TS_MS) / F.lit(DAY_MS)).cast("int"))
+        .join(F.broadcast(days), SAMPLE_DAY, "left")
+        .drop(SAMPLE_DAY)
+    )
+
+
+def attach_als_scores(samples: DataFrame, user_factors: DataFrame, item_factors: DataFrame) -> DataFrame:
+    """Add `als_score` (float32): the dot product of the user's and the item's factors of
+    the sample's ALS run; 0.0 when the run, the user or the item has none.
+
+    Args:
+        samples: with `user_idx`, `item_idx` and `_als_day` (see `with_als_day`).
+        user_factors: `_als_day`, `user_idx`, `features` (array<float>), one row per run and user.
+        item_factors: `_als_day`, `item_idx`, `features`.
+    """
+    require_columns(samples, [USER_IDX, ITEM_IDX, ALS_DAY], "attach_als_scores: samples")
+    users = user_factors.select(ALS_DAY, USER_IDX, F.col(FACTORS).alias("_uf"))
+    items = item_factors.select(ALS_DAY, ITEM_IDX, F.col(FACTORS).alias("_if"))
+    dot = F.aggregate(
+        F.zip_with("_uf", "_if", lambda u, i: u.cast("double") * i.cast("double")),
+        F.lit(0.0).cast("double"),
+        lambda total, x: total + x,
+    )
+    return (
+        samples
+        .join(users, [ALS_DAY, USER_IDX], "left")
+        .join(items, [ALS_DAY, ITEM_IDX], "left")
+        .withColumn(ALS_SCORE, F.coalesce(dot, F.lit(0.0)).cast("float"))
+        .drop("_uf", "_if", ALS_DAY)
+    )
+
+
+def fill_dense(samples: DataFrame, user_dim: int, item_dim: int) -> DataFrame:
+    """Null dense arrays become zeros of the right length (Petastorm stacks fixed-size arrays)."""
+    zeros = lambda n: F.array_repeat(F.lit(0.0).cast("float"), n)  # noqa: E731
+    return (
+        samples
+        .withColumn(USER_DENSE, F.coalesce(F.col(USER_DENSE), zeros(user_dim)))
+        .withColumn(ITEM_DENSE, F.coalesce(F.col(ITEM_DENSE), zeros(item_dim)))
+    )
+
+
+def dense_moments(train: DataFrame, column: str, dim: int) -> tuple[tuple, tuple]:
+    """Per-position mean and population std of an array column (Spark aggregates)."""
+    rows = (
+        train
+        .select(F.posexplode(column).alias("_pos", "_v"))
+        .groupBy("_pos")
+        .agg(F.avg("_v").alias("mean"), F.stddev_pop("_v").alias("std"))
+        .collect()
+    )
+    by_pos = {r["_pos"]: (r["mean"] or 0.0, r["std"] or 1.0) for r in rows}
+    return (tuple(float(by_pos.get(i, (0.0, 1.0))[0]) for i in range(dim)),
+            tuple(float(by_pos.get(i, (0.0, 1.0))[1]) for i in range(dim)))
+
+
+def vocabulary_and_als_moments(train: DataFrame) -> dict[str, float]:
+    """Largest item and category index (candidates and histories) and the als_score moments."""
+    row = train.agg(
+        F.greatest(F.max(ITEM_IDX), F.max(F.array_max(HIST_ITEMS))).alias("max_item"),
+        F.greatest(F.max(CAT_IDX), F.max(F.array_max(HIST_CATS))).alias("max_cat"),
+        F.avg(ALS_SCORE).alias("als_mean"),
+        F.stddev_pop(ALS_SCORE).alias("als_std"),
+    ).first()
+    return {
+        "item_vocab": int(row["max_item"] or 0) + 1,
+        "cat_vocab": int(row["max_cat"] or 0) + 1,
+        "als_mean": float(row["als_mean"] or 0.0),
+        "als_std": float(row["als_std"] or 1.0),
+    }
+
+
+# --- I/O -----------------------------------------------------------------------------
+
+def split_location(cfg: Config, date: dt.date, split: str) -> str:
+    return paths.join_uri(cfg.table_path("ranker_input", date), f"{SPLIT}={split}")
+
+
+def read_factors(spark: SparkSession, cfg: Config, runs: Sequence[dt.date], output: str, key: str) -> DataFrame:
+    """The factors of several ALS runs, tagged with `_als_day`."""
+    frames = [
+        io.read_path(spark, paths.join_uri(cfg.table_path("als", run), output))
+        .select(F.col(key).cast("int").alias(key), FACTORS)
+        .withColumn(ALS_DAY, F.lit(epoch_day(run)))
+        for run in runs
+    ]
+    if not frames:
+        return spark.createDataFrame([], f"{key} int, {FACTORS} array<float>, {ALS_DAY} int")
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out
+
+
+def write_ranker_input(frame: DataFrame, cfg: Config, date: dt.date, rows: Mapping[str, int], min_files: int) -> None:
+    """Write each split of D like the samples: even files (so row groups) per split, none
+    above `features.row_group_mb`; a split without rows has its old folder removed."""
+    fc = cfg.features
+    for split in SPLITS:
+        if rows.get(split, 0) == 0:
+            paths.delete_dir(split_location(cfg, date, split))
+            continue
+        (
+            frame
+            .where(F.col(SPLIT) == split)
+            .repartition(files_for(rows[split], min_files, fc.max_records_per_file))
+            .write
+            .mode("overwrite")
+            .option("maxRecordsPerFile", fc.max_records_per_file)
+            .option("parquet.block.size", fc.row_group_mb * 1024 * 1024)
+            .partitionBy(DT, SPLIT)
+            .parquet(cfg.table_path("ranker_input"))
+        )
+
+
+def build_ranker_input(spark: SparkSession, cfg: Config, date: dt.date, meta: Mapping, min_files: int) -> InputStats:
+    """Join day D's samples with their ALS scores, write `ranker_input/dt=D`, and compute
+    the vocabulary sizes and normalisation statistics from its train split."""
+    samples = io.read_day(spark, cfg, "samples", date)
+    require_columns(samples, [*SAMPLE_COLUMNS, SPLIT], f"train: samples of {date}")
+    user_dim, item_dim = len(meta["user_dense_features"]), len(meta["item_dense_features"])
+    first = dt.date.fromisoformat(meta["train_window"][0]) if meta.get("train_window") else date
+    sample_days = [first + dt.timedelta(days=i) for i in range((date - first).days + 1)]
+    runs = als_runs(cfg, date)
+    mapping = als_day_for(sample_days, runs)
+    used = sorted({a for a in mapping.values() if a is not None})
+    log.info("ALS runs used per sample day: %s", {d.isoformat(): a and a.isoformat() for d, a in mapping.items()})
+
+    scored = (
+        samples
+        .select(*SAMPLE_COLUMNS, SPLIT)
+        .transform(lambda f: with_als_day(f, mapping))
+        .transform(lambda f: attach_als_scores(
+            f,
+            read_factors(spark, cfg, used, "user_factors", USER_IDX),
+            read_factors(spark, cfg, used, "item_factors", ITEM_IDX),
+        ))
+        .transform(lambda f: fill_dense(f, user_dim, item_dim))
+        .withColumn(DT, F.lit(date))
+    )
+    rows = {r[SPLIT]: int(r["count"]) for r in samples.groupBy(SPLIT).count().collect()}
+    write_ranker_input(scored, cfg, date, rows, min_files)
+
+    written = {split: _count(spark, cfg, date, split) for split in SPLITS}
+    if written[TRAIN] == 0:
+        raise DataError(f"train: the samples of {date} have no train rows")
+    train = io.read_path(spark, split_location(cfg, date, TRAIN))
+    user_mean, user_std = dense_moments(train, USER_DENSE, user_dim)
+    item_mean, item_std = dense_moments(train, ITEM_DENSE, item_dim)
+    vocab = vocabulary_and_als_moments(train)
+    return InputStats(
+        rows=written,
+        item_vocab=vocab["item_vocab"],
+        cat_vocab=vocab["cat_vocab"],
+        user_dense_mean=user_mean,
+        user_dense_std=user_std,
+        item_dense_mean=item_mean,
+        item_dense_std=item_std,
+        als_score_mean=vocab["als_mean"],
+        als_score_std=vocab["als_std"],
+        als_days={d.isoformat(): a and a.isoformat() for d, a in mapping.items()},
+    )
+
+
+def _count(spark: SparkSession, cfg: Config, date: dt.date, split: str) -> int:
+    location = split_location(cfg, date, split)
+    return io.read_path(spark, location).count() if paths.exists(location) else 0

@@ -1,0 +1,157 @@
+"""The ranker network: DIN target attention (or the mean-pooling BaseModel) over the
+behaviour history, plus the candidate, normalised dense features and the ALS score.
+
+Everything the network needs to be rebuilt is in `RankerModelConfig` (vocabulary sizes,
+widths, normalisation statistics), saved with every checkpoint and with the registered
+model. This module imports nothing from recpipe outside the ranker package: the
+registered pyfunc carries it as its code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .layers import MLP, AttentionPooling, MeanPooling, masked_positions
+
+POOLINGS = ("attention", "mean")
+INPUTS = ("item_idx", "cat_idx", "hist_items", "hist_cats", "hist_len", "user_dense", "item_dense", "als_score")
+
+
+@dataclass(frozen=True)
+class RankerModelConfig:
+    """The shape of one ranker network.
+
+    `item_vocab`/`cat_vocab` are one more than the largest index seen in training; larger
+    (or negative) ids are unknown and map to index 0, the padding/unknown row.
+    Normalisation statistics come from the train split; std 0 is treated as 1.
+    """
+
+    item_vocab: int
+    cat_vocab: int
+    history_length: int
+    user_dense_dim: int
+    item_dense_dim: int
+    pooling: str = "attention"
+    attention_weighting: str = "softmax"
+    item_embedding_dim: int = 16
+    cat_embedding_dim: int = 8
+    attention_hidden: tuple = (64, 32)
+    head_hidden: tuple = (128, 64)
+    activation: str = "dice"
+    dropout: float = 0.1
+    user_dense_mean: tuple = ()
+    user_dense_std: tuple = ()
+    item_dense_mean: tuple = ()
+    item_dense_std: tuple = ()
+    als_score_mean: float = 0.0
+    als_score_std: float = 1.0
+    use_als_score: bool = True
+    extra: dict = field(default_factory=dict)  # free-form provenance (date, feature names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RankerModelConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()})
+
+
+def _stats(values: tuple, dim: int, fill: float) -> torch.Tensor:
+    if not values:
+        return torch.full((dim,), fill)
+    if len(values) != dim:
+        raise ValueError(f"normalisation statistics have {len(values)} entries for {dim} features")
+    return torch.tensor(values, dtype=torch.float32)
+
+
+class RankerModel(nn.Module):
+    """Click logit for a candidate given the user's history.
+
+    Item and category embeddings are shared by the candidate and the history; an item is
+    represented by [item embedding, category embedding] (E = item + category dims).
+
+    Forward inputs (B = batch, L = history length, U/I = dense widths):
+        item_idx (B,) int, cat_idx (B,) int, hist_items (B, L) int, hist_cats (B, L) int,
+        hist_len (B,) int, user_dense (B, U) float, item_dense (B, I) float, als_score (B,) float.
+
+    Returns:
+        logits (B,) and, from `forward_with_weights`, the history weights (B, L).
+    """
+
+    def __init__(self, config: RankerModelConfig):
+        super().__init__()
+        if config.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {config.pooling!r}; expected one of {POOLINGS}")
+        self.config = config
+        self.item_embedding = nn.Embedding(config.item_vocab, config.item_embedding_dim, padding_idx=0)
+        self.cat_embedding = nn.Embedding(config.cat_vocab, config.cat_embedding_dim, padding_idx=0)
+        dim = config.item_embedding_dim + config.cat_embedding_dim
+        self.pooling = (
+            AttentionPooling(dim, config.attention_hidden, config.attention_weighting)
+            if config.pooling == "attention" else MeanPooling()
+        )
+        self.register_buffer("user_mean", _stats(config.user_dense_mean, config.user_dense_dim, 0.0))
+        self.register_buffer("user_std", _stats(config.user_dense_std, config.user_dense_dim, 1.0))
+        self.register_buffer("item_mean", _stats(config.item_dense_mean, config.item_dense_dim, 0.0))
+        self.register_buffer("item_std", _stats(config.item_dense_std, config.item_dense_dim, 1.0))
+        dense = config.user_dense_dim + config.item_dense_dim + int(config.use_als_score)
+        # pooled history, candidate, their product, dense features
+        self.head = MLP(3 * dim + dense, config.head_hidden, config.activation, config.dropout, out_dim=1)
+
+    def known(self, ids: torch.Tensor, vocab: int) -> torch.Tensor:
+        """Ids outside [0, vocab) become 0, the unknown index (never an index error)."""
+        return torch.where((ids >= 0) & (ids < vocab), ids, torch.zeros_like(ids))
+
+    def embed(self, items: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
+        """(...,) item and category ids → (..., E)."""
+        items = self.known(items.long(), self.config.item_vocab)
+        cats = self.known(cats.long(), self.config.cat_vocab)
+        return torch.cat([self.item_embedding(items), self.cat_embedding(cats)], dim=-1)
+
+    def _normalise(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        safe = torch.where(std > 0, std, torch.ones_like(std))
+        return torch.nan_to_num((x.float() - mean) / safe, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def forward_with_weights(self, item_idx, cat_idx, hist_items, hist_cats, hist_len, user_dense, item_dense,
+                             als_score) -> tuple[torch.Tensor, torch.Tensor]:
+        length = self.config.history_length
+        hist_items, hist_cats = hist_items[:, -length:], hist_cats[:, -length:]  # (B, L)
+        mask = masked_positions(hist_len.long(), hist_items.shape[1])  # (B, L)
+        candidate = self.embed(item_idx, cat_idx)  # (B, E)
+        history = self.embed(hist_items, hist_cats)  # (B, L, E)
+        pooled, weights = self.pooling(history, candidate, mask)  # (B, E), (B, L)
+        dense = [
+            self._normalise(user_dense, self.user_mean, self.user_std),  # (B, U)
+            self._normalise(item_dense, self.item_mean, self.item_std),  # (B, I)
+        ]
+        if self.config.use_als_score:
+            als = (als_score.float() - self.config.als_score_mean) / (self.config.als_score_std or 1.0)
+            dense.append(torch.nan_to_num(als, nan=0.0).unsqueeze(1))  # (B, 1)
+        x = torch.cat([pooled, candidate, pooled * candidate, *dense], dim=1)  # (B, 3E + U + I + 1)
+        return self.head(x).squeeze(1), weights  # (B,), (B, L)
+
+    def forward(self, item_idx, cat_idx, hist_items, hist_cats, hist_len, user_dense, item_dense,
+                als_score) -> torch.Tensor:
+        return self.forward_with_weights(item_idx, cat_idx, hist_items, hist_cats, hist_len, user_dense,
+                                         item_dense, als_score)[0]
+
+
+def build_model(config: RankerModelConfig | Mapping[str, Any]) -> RankerModel:
+    """A fresh network for a config (or its dict form, as saved in checkpoints)."""
+    if not isinstance(config, RankerModelConfig):
+        config = RankerModelConfig.from_dict(config)
+    return RankerModel(config)
+
+
+def model_inputs(batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The forward arguments, in order, from a batch keyed by column name."""
+    return [batch[name] for name in INPUTS]

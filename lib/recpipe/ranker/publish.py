@@ -1,0 +1,116 @@
+"""Logging the attention ranker as a self-contained MLflow pyfunc and registering it.
+
+What travels with the model:
+- code: a copy of the serving modules of this package (`__init__`, `layers/`, `model`,
+  `scoring`, `pyfunc`) as the top-level package `ranker` in `code_paths`, and
+  `pyfunc_entry.py` as the models-from-code entry point;
+- artifacts: `weights.pt` (model config + state dict) and `vocabulary.npz` (item_id →
+  item_idx, item_idx → cat_idx, the item feature snapshot); the normalisation statistics
+  are buffers of the network, so they are in the weights;
+- pinned requirements (torch, numpy, pandas, mlflow), a signature and an input example.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from recpipe.ranker.pyfunc import VOCABULARY, WEIGHTS
+
+PACKAGE = Path(__file__).resolve().parent
+SERVING_CODE = ("__init__.py", "layers", "model.py", "scoring.py", "pyfunc.py")
+ENTRY = "pyfunc_entry.py"
+ALIAS = "challenger"
+
+
+def stage_model_code(folder: Path) -> Path:
+    """Copy the serving modules into `folder/ranker`; returns that package folder."""
+    target = folder / "ranker"
+    target.mkdir(parents=True)
+    for name in SERVING_CODE:
+        source = PACKAGE / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target / name)
+    return target
+
+
+@contextlib.contextmanager
+def importable(folder: Path) -> Iterator[None]:
+    """Make the staged `ranker` package importable for the duration, then forget it."""
+    sys.path.insert(0, str(folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(folder))
+        for module in [m for m in sys.modules if m == "ranker" or m.startswith("ranker.")]:
+            del sys.modules[module]
+
+
+def requirements() -> list[str]:
+    """The serving environment, pinned to the versions that trained the model."""
+    import mlflow
+    import torch
+
+    return [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pd.__version__}",
+        f"mlflow=={mlflow.__version__}",
+    ]
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([
+            ColSpec("string", "item_id"),
+            ColSpec(Array("string"), "history"),
+            ColSpec("string", "user_id", required=False),
+            ColSpec(Array("double"), "user_dense", required=False),
+            ColSpec(Array("double"), "item_dense", required=False),
+            ColSpec("double", "als_score", required=False),
+        ]),
+        outputs=Schema([ColSpec("double", "score")]),
+    )
+
+
+def log_ranker_model(weights: str, vocabulary: str, input_example: pd.DataFrame, registered_name: str | None,
+                     name: str = "attention-ranker") -> dict[str, Any]:
+    """Log the pyfunc in the active run; register it and give the new version the
+    `challenger` alias when `registered_name` is set.
+
+    Returns:
+        `model_uri` and, when registered, `version`.
+    """
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        code = stage_model_code(Path(tmp))
+        with importable(Path(tmp)):  # MLflow runs the entry file while saving, as it will when loading
+            info = mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(PACKAGE / ENTRY),
+                code_paths=[str(code)],
+                artifacts={WEIGHTS: weights, VOCABULARY: vocabulary},
+                signature=signature(),
+                input_example=input_example,
+                pip_requirements=requirements(),
+                registered_model_name=registered_name,
+            )
+    out = {"model_uri": info.model_uri}
+    if registered_name:
+        version = str(info.registered_model_version)
+        mlflow.MlflowClient().set_registered_model_alias(registered_name, ALIAS, version)
+        out["version"] = version
+    return out

@@ -1,0 +1,303 @@
+"""The training function every rank runs, and the `Trainer` that owns the loop.
+
+`train(job)` is what TorchDistributor ships to its processes and what
+`python -m recpipe.ranker.launch` runs under torchrun: it joins the process group from
+the environment, builds the model, trains `job.epochs` epochs of exactly
+`steps_per_epoch(...)` steps on every rank, checkpoints after each epoch and returns the
+same summary on every rank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from recpipe.ranker import checkpoints, dist
+from recpipe.ranker.data import FEATURES, LABEL, TrainStream, read_split, tensor_batches
+from recpipe.ranker.metrics import auc, logloss
+from recpipe.ranker.model import RankerModel, build_model, model_inputs
+
+log = logging.getLogger("recpipe.ranker.trainer")
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Everything a rank needs, passed in explicitly (driver settings do not reach ranks).
+
+    Args:
+        name: the model's name in metrics and checkpoints (`attention`, `mean`).
+        model_config: `RankerModelConfig.to_dict()`.
+        train_location / valid_location: split folders of `ranker_input` ("" = no validation).
+        train_rows: rows of the train split; with the global batch it fixes the steps per epoch.
+        checkpoint_dir: this model's checkpoint folder.
+        resume: continue from the latest checkpoint in `checkpoint_dir` if there is one.
+        tracking_uri / run_id: where rank 0 logs; an empty run id logs nowhere.
+        resolved_config: the whole recpipe config, saved with every checkpoint.
+    """
+
+    name: str
+    model_config: dict
+    train_location: str
+    valid_location: str
+    train_rows: int
+    checkpoint_dir: str
+    global_batch_size: int = 1024
+    epochs: int = 2
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    shuffle_queue: int = 10_000
+    reader_workers: int = 2
+    eval_batch_size: int = 4096
+    use_gpu: bool = False
+    resume: bool = False
+    progress: bool = True
+    tracking_uri: str = ""
+    run_id: str = ""
+    resolved_config: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def steps_per_epoch(train_rows: int, global_batch_size: int) -> int:
+    """Steps every rank takes per epoch: one pass over the train rows at the global batch."""
+    return max(1, math.ceil(train_rows / global_batch_size))
+
+
+def per_rank_batch(global_batch_size: int, world: int) -> int:
+    """The global batch split across ranks; it must divide evenly."""
+    if global_batch_size % world:
+        raise ValueError(f"ranker.batch_size {global_batch_size} does not split evenly across {world} ranks")
+    return global_batch_size // world
+
+
+def parameter_checksum(model: nn.Module) -> str:
+    """A digest of every parameter's and buffer's bytes: equal on two ranks iff their
+    weights (and BatchNorm statistics) are identical."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class RunLogger:
+    """Per-epoch metrics into one MLflow run, from rank 0 only, by explicit URI and run id."""
+
+    def __init__(self, tracking_uri: str, run_id: str, prefix: str):
+        self.prefix = prefix
+        self.client = None
+        if run_id and dist.is_main():
+            from mlflow import MlflowClient
+
+            self.client, self.run_id = MlflowClient(tracking_uri), run_id
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        values = [Metric(f"{self.prefix}_{k}", float(v), now, step) for k, v in metrics.items() if math.isfinite(v)]
+        self.client.log_batch(self.run_id, metrics=values)
+
+
+class Trainer:
+    """Owns the optimizer and the loop; wraps the model in DDP itself.
+
+    Args:
+        job: the training job.
+        model: the unwrapped network, on `device`.
+        device: this rank's device.
+        batches: an endless iterator of training batches for this rank.
+    """
+
+    def __init__(self, job: TrainJob, model: RankerModel, device: torch.device, batches: Iterator[dict]):
+        self.job = job
+        self.device = device
+        self.raw_model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=job.learning_rate, weight_decay=job.weight_decay)
+        self.steps_per_epoch = steps_per_epoch(job.train_rows, job.global_batch_size)
+        self.total_steps = self.steps_per_epoch * job.epochs
+        self.step = 0
+        self.epoch = 0
+        self.batches = batches
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.logger = RunLogger(job.tracking_uri, job.run_id, job.name)
+        self.history: list[dict[str, float]] = []
+        self._valid: dict[str, np.ndarray] | None = None
+        self.model: nn.Module = model  # wrapped after a resume has restored the weights
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a checkpoint: weights, optimizer state, step and epoch."""
+        if dict(state["model_config"]) != dict(self.job.model_config):
+            raise ValueError(f"{self.job.checkpoint_dir}: the checkpoint was made with another model config")
+        self.raw_model.load_state_dict(state["model_state"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.history = list(state.get("history", []))
+
+    def wrap(self) -> None:
+        if dist.is_distributed():
+            # DDP broadcasts rank 0's weights and buffers now, and all-reduces gradients in backward.
+            self.model = DDP(self.raw_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def fit(self) -> list[dict[str, float]]:
+        """Train the remaining epochs; returns one metrics dict per epoch (all epochs)."""
+        bar = self._progress_bar()
+        try:
+            for epoch in range(self.epoch + 1, self.job.epochs + 1):
+                metrics = self._run_epoch(epoch, bar)
+                dist.broadcast_buffers(self.raw_model)
+                metrics.update(self._evaluate())
+                self.epoch = epoch
+                self.history.append({"epoch": epoch, "step": self.step, **metrics})
+                self.logger.log(metrics, step=epoch)
+                self._save_checkpoint(epoch)
+        finally:
+            if bar is not None:
+                bar.close()
+        return self.history
+
+    def _progress_bar(self):
+        if not (self.job.progress and dist.is_main()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.job.name}", unit="step",
+                    mininterval=2.0, dynamic_ncols=True)
+
+    def _run_batch(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """One optimisation step; returns the (detached) batch loss, without syncing the device."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        self.model.train()
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits = self.model(*model_inputs(batch))
+        loss = self.loss_fn(logits.float(), batch[LABEL].float())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # DDP: gradients all-reduced (averaged) across ranks here
+        self.optimizer.step()
+        self.step += 1
+        return loss.detach()
+
+    def _run_epoch(self, epoch: int, bar) -> dict[str, float]:
+        """Exactly `steps_per_epoch` steps on every rank, whatever the size of its shard."""
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        started = time.perf_counter()
+        for i in range(self.steps_per_epoch):
+            loss = self._run_batch(next(self.batches))
+            total += loss
+            if bar is not None:
+                bar.update(1)
+                if i % 20 == 0 or i == self.steps_per_epoch - 1:
+                    rate = (i + 1) * self.job.global_batch_size / (time.perf_counter() - started)
+                    bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}", samples_s=f"{rate:,.0f}")
+        seconds = time.perf_counter() - started
+        loss_sum, = dist.all_reduce_sum([total.item()], self.device)  # all-reduce: a sync point across ranks
+        return {
+            "train_loss": loss_sum / (self.steps_per_epoch * dist.world_size()),
+            "samples_per_s": self.steps_per_epoch * self.job.global_batch_size / seconds,
+        }
+
+    @torch.no_grad()
+    def _evaluate(self) -> dict[str, float]:
+        """Validation logloss and AUC over every valid row: each rank scores its share of
+        the row groups, rank 0 computes the metrics and shares them."""
+        if not self.job.valid_location:
+            return {}
+        if self._valid is None:
+            self._valid = read_split(self.job.valid_location, (*FEATURES, LABEL), dist.rank(), dist.world_size())
+        self.raw_model.eval()
+        scores = [torch.sigmoid(self.raw_model(*model_inputs(b)).float()).cpu().numpy()
+                  for b in self._batches_on_device(self._valid)]
+        local = (np.concatenate(scores) if scores else np.empty(0, np.float32), self._valid[LABEL])
+        gathered = dist.gather_to_main(local)
+        metrics = None
+        if gathered is not None:
+            p = np.concatenate([g[0] for g in gathered])
+            y = np.concatenate([g[1] for g in gathered])
+            metrics = {"valid_logloss": logloss(y, p), "valid_auc": auc(y, p)} if len(y) else {}
+        return dist.broadcast_from_main(metrics)
+
+    def _batches_on_device(self, arrays: Mapping[str, np.ndarray]) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in tensor_batches(arrays, self.job.eval_batch_size):
+            yield {k: v.to(self.device) for k, v in batch.items()}
+
+    def _save_checkpoint(self, epoch: int) -> None:
+        if dist.is_main():
+            checkpoints.save(self.job.checkpoint_dir, epoch, {
+                "model_state": {k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()},
+                "optimizer_state": self.optimizer.state_dict(),
+                "step": self.step,
+                "epoch": epoch,
+                "history": self.history,
+                "model_config": dict(self.job.model_config),
+                "config": self.job.resolved_config,
+                "job": self.job.to_dict(),
+            })
+        dist.barrier()  # a sync point: no rank moves on (or exits) before the checkpoint exists
+
+
+def train(job: TrainJob) -> dict[str, Any]:
+    """Train one model on this rank; the same summary comes back on every rank.
+
+    Returns:
+        `name`, `steps`, `epochs`, `steps_per_epoch`, `world_size`, `history` (per-epoch
+        metrics), `checkpoint` (the last one), `checksums` (a parameter digest per rank).
+    """
+    device = dist.setup(job.use_gpu)
+    try:
+        rank, world = dist.rank(), dist.world_size()
+        torch.manual_seed(job.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
+        model = build_model(job.model_config).to(device)
+        state = resume_state(job, device)
+        done = int(state["epoch"]) if state else 0
+        # Dropout and the shuffling queue draw from torch's global generator: seeded per rank,
+        # and per resumed epoch so that a resumed run does not replay the first epoch's order.
+        seed = job.seed + rank + 1_000_003 * done
+        torch.manual_seed(seed)
+        with TrainStream(job.train_location, per_rank_batch(job.global_batch_size, world), rank, world,
+                         seed=seed, shuffle_queue=job.shuffle_queue, workers=job.reader_workers) as stream:
+            trainer = Trainer(job, model, device, stream)
+            if state is not None:
+                trainer.restore(state)
+            trainer.wrap()
+            history = trainer.fit()
+        checksums = dist.gather_to_main(parameter_checksum(trainer.raw_model))
+        return dist.broadcast_from_main({
+            "name": job.name,
+            "steps": trainer.step,
+            "epochs": trainer.epoch,
+            "steps_per_epoch": trainer.steps_per_epoch,
+            "world_size": world,
+            "history": history,
+            "checkpoint": checkpoints.latest(job.checkpoint_dir),
+            "checksums": checksums,
+        })
+    finally:
+        dist.cleanup()
+
+
+def resume_state(job: TrainJob, device: torch.device) -> dict[str, Any] | None:
+    """The latest checkpoint of this job when resuming and one exists, else None."""
+    if not job.resume:
+        return None
+    location = checkpoints.latest(job.checkpoint_dir)
+    if location is None:
+        log.warning("%s: nothing to resume in %s; training from the start", job.name, job.checkpoint_dir)
+        return None
+    state = checkpoints.load(location, map_location=device)
+    log.info("rank %d resumes %s from %s (epoch %d, step %d)", dist.rank(), job.name, location,
+             state["epoch"], state["step"])
+    return state

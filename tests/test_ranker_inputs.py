@@ -1,0 +1,129 @@
+"""The Spark part of the train stage: leak-free ALS scores joined onto the samples,
+the Petastorm-ready `ranker_input`, and the statistics the network is built with."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.spark, pytest.mark.timeout(300)]
+
+D = dt.date(2026, 11, 10)
+DAY_MS = 86_400_000
+
+
+def day(n: int) -> dt.date:
+    return D - dt.timedelta(days=n)
+
+
+def ms(date: dt.date, hour: int = 12) -> int:
+    return (date - dt.date(1970, 1, 1)).days * DAY_MS + hour * 3_600_000
+
+
+def test_each_sample_day_uses_the_newest_als_run_on_or_before_it():
+    from recpipe.ranker.inputs import als_day_for
+
+    runs = [day(3), day(1), D + dt.timedelta(days=1)]
+    assert als_day_for([day(4), day(3), day(2), day(1), D], runs) == {
+        day(4): None, day(3): day(3), day(2): day(3), day(1): day(1), D: day(1),
+    }
+
+
+def test_als_scores_come_from_the_runs_before_each_sample_and_are_0_without_factors(spark):
+    from recpipe.ranker.inputs import ALS_DAY, als_day_for, attach_als_scores, with_als_day
+    from recpipe.etl.sequences import epoch_day
+
+    samples = spark.createDataFrame([
+        ("before-any-run", 1, 10, ms(day(3))),
+        ("run-day", 1, 10, ms(day(2), 0)),       # 00:00 of the run's day: that run (trained before it)
+        ("next-day", 1, 10, ms(day(1), 23)),      # the newest run before it is still day(2)'s
+        ("day-D", 1, 10, ms(D)),                  # day D's own run, never a later one
+        ("no-user-factors", 7, 10, ms(D)),
+        ("no-item-factors", 1, 99, ms(D)),
+    ], "event_id string, user_idx int, item_idx int, ts_ms long")
+    factors = lambda rows: spark.createDataFrame(rows, f"{ALS_DAY} int, idx int, features array<float>")  # noqa: E731
+    users = factors([(epoch_day(day(2)), 1, [1.0, 2.0]), (epoch_day(D), 1, [0.5, -1.0]),
+                     (epoch_day(D) + 1, 1, [100.0, 100.0])]).withColumnRenamed("idx", "user_idx")
+    items = factors([(epoch_day(day(2)), 10, [3.0, 4.0]), (epoch_day(D), 10, [2.0, 1.0]),
+                     (epoch_day(D) + 1, 10, [100.0, 100.0])]).withColumnRenamed("idx", "item_idx")
+    mapping = als_day_for([day(3), day(2), day(1), D], [day(2), D])
+
+    scored = attach_als_scores(with_als_day(samples, mapping), users, items)
+
+    assert {r["event_id"]: r["als_score"] for r in scored.collect()} == {
+        "before-any-run": 0.0,
+        "run-day": 11.0,      # 1*3 + 2*4 with day(2)'s factors
+        "next-day": 11.0,
+        "day-D": 0.0,         # 0.5*2 - 1*1 with D's factors
+        "no-user-factors": 0.0,
+        "no-item-factors": 0.0,
+    }
+    assert dict(scored.dtypes)["als_score"] == "float"
+
+
+def sample_rows(rng, n: int, split: str, days: list[dt.date], L: int = 4):
+    rows = []
+    for i in range(n):
+        hist_len = int(rng.integers(0, L + 1))
+        hist = [0] * (L - hist_len) + [int(x) for x in rng.integers(1, 30, hist_len)]
+        dense_u = None if i == 0 and split == "train" else [float(x) for x in rng.normal(size=2)]
+        rows.append((f"{split}-{i}", int(rng.integers(1, 6)), int(rng.integers(1, 25)), int(rng.integers(1, 5)),
+                     float(rng.integers(0, 2)), hist, [h % 4 for h in hist], hist_len, dense_u,
+                     [float(x) for x in rng.normal(size=3)], ms(days[i % len(days)]), split))
+    return rows
+
+
+SAMPLES_SCHEMA = ("event_id string, user_idx int, item_idx int, cat_idx int, label float, hist_items array<int>, "
+                  "hist_cats array<int>, hist_len int, user_dense array<float>, item_dense array<float>, "
+                  "ts_ms long, split string")
+
+
+def test_ranker_input_is_written_per_split_with_scores_and_train_statistics(spark, make_config):
+    from pyspark.sql import functions as F
+
+    from recpipe.etl import samples as S
+    from recpipe.ranker.data import parquet_rows, read_split, row_groups
+    from recpipe.ranker.inputs import build_ranker_input, split_location
+
+    cfg = make_config("features.min_files_per_split=3")
+    rng = np.random.default_rng(0)
+    rows = (sample_rows(rng, 40, "train", [day(2), day(1)]) + sample_rows(rng, 10, "valid", [D])
+            + sample_rows(rng, 12, "test", [D]))
+    samples = spark.createDataFrame(rows, SAMPLES_SCHEMA).withColumn("dt", F.lit(D))
+    S.write_samples(samples, cfg, D, {"train": 40, "valid": 10, "test": 12}, min_files=3,
+                    max_records_per_file=1000, row_group_mb=1)
+    meta = {"history_length": 4, "user_dense_features": ["u0", "u1"], "item_dense_features": ["i0", "i1", "i2"],
+            "train_window": [day(2).isoformat(), D.isoformat()]}
+    S.write_meta(cfg, D, meta)
+    # One ALS run, on day(1): day(2)'s samples have none (0.0), day(1)'s and D's use it.
+    run = cfg.table_path("als", day(1))
+    spark.createDataFrame([(u, [0.1 * u, 1.0]) for u in range(1, 6)], "user_idx int, features array<float>") \
+        .write.parquet(f"{run}/user_factors")
+    spark.createDataFrame([(i, [1.0, 0.01 * i]) for i in range(1, 25)], "item_idx int, features array<float>") \
+        .write.parquet(f"{run}/item_factors")
+
+    stats = build_ranker_input(spark, cfg, D, meta, min_files=3)
+
+    assert stats.rows == {"train": 40, "valid": 10, "test": 12}
+    assert stats.als_days == {day(2).isoformat(): None, day(1).isoformat(): day(1).isoformat(),
+                              D.isoformat(): day(1).isoformat()}
+    for split, n in stats.rows.items():
+        assert parquet_rows(split_location(cfg, D, split)) == n
+        assert row_groups(split_location(cfg, D, split)) >= 3  # Petastorm shards by row group
+    train = read_split(split_location(cfg, D, "train"))
+    by_event = {r[0]: r for r in rows}
+    for event_id, score, user_dense, ts in zip(train["event_id"], train["als_score"], train["user_dense"],
+                                               (by_event[e][10] for e in train["event_id"])):
+        user, item = by_event[event_id][1], by_event[event_id][2]
+        expected = 0.0 if ts < ms(day(1), 0) else np.float32(0.1 * user * 1.0 + 1.0 * 0.01 * item)
+        assert score == pytest.approx(expected, abs=1e-6)
+        if by_event[event_id][8] is None:
+            assert user_dense.tolist() == [0.0, 0.0]  # a null dense array becomes zeros of the right length
+    # Statistics from the train split only.
+    assert stats.item_vocab == 1 + max(max(train["item_idx"]), train["hist_items"].max())
+    assert stats.cat_vocab == 1 + max(max(train["cat_idx"]), train["hist_cats"].max())
+    assert stats.user_dense_mean == pytest.approx(train["user_dense"].mean(axis=0).tolist(), abs=1e-6)
+    assert stats.item_dense_std == pytest.approx(train["item_dense"].std(axis=0).tolist(), abs=1e-6)
+    assert stats.als_score_mean == pytest.approx(float(train["als_score"].mean()), abs=1e-6)

@@ -1,0 +1,146 @@
+"""The ranker's network: masking, shapes, unknown ids (CPU, tiny)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from recpipe.ranker.layers import MLP, AttentionPooling, Dice, MeanPooling, PReLU, masked_positions
+from recpipe.ranker.model import RankerModelConfig, build_model
+
+pytestmark = pytest.mark.timeout(60)
+
+B, L, U, I = 6, 5, 3, 2
+
+
+def config(**overrides) -> RankerModelConfig:
+    values = dict(item_vocab=30, cat_vocab=6, history_length=L, user_dense_dim=U, item_dense_dim=I,
+                  item_embedding_dim=4, cat_embedding_dim=2, attention_hidden=(8,), head_hidden=(8, 4), dropout=0.0,
+                  user_dense_mean=(1.0, 2.0, 3.0), user_dense_std=(1.0, 0.0, 2.0))
+    values.update(overrides)
+    return RankerModelConfig(**values)
+
+
+def batch(seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    hist_len = torch.tensor([0, 1, 2, 5, 3, 4])
+    hist_items = torch.randint(1, 30, (B, L), generator=g)
+    hist_items[masked_positions(hist_len, L).logical_not()] = 0
+    return [
+        torch.randint(1, 30, (B,), generator=g),            # item_idx
+        torch.randint(1, 6, (B,), generator=g),             # cat_idx
+        hist_items,                                         # hist_items
+        torch.where(hist_items > 0, hist_items % 5 + 1, 0),  # hist_cats
+        hist_len,                                           # hist_len
+        torch.randn(B, U, generator=g),                     # user_dense
+        torch.randn(B, I, generator=g),                     # item_dense
+        torch.randn(B, generator=g),                        # als_score
+    ]
+
+
+def scramble_padding(inputs: list[torch.Tensor], seed: int = 1) -> list[torch.Tensor]:
+    """The same batch with random (even out-of-vocabulary) ids at every padded position."""
+    out = [t.clone() for t in inputs]
+    padded = masked_positions(inputs[4], L).logical_not()
+    g = torch.Generator().manual_seed(seed)
+    out[2][padded] = torch.randint(1, 10_000, (int(padded.sum()),), generator=g)
+    out[3][padded] = torch.randint(1, 6, (int(padded.sum()),), generator=g)
+    return out
+
+
+def test_masked_positions_are_the_last_hist_len_positions():
+    mask = masked_positions(torch.tensor([0, 2, 4, 9]), 4)
+    assert mask.tolist() == [
+        [False, False, False, False],
+        [False, False, True, True],
+        [True, True, True, True],
+        [True, True, True, True],  # longer than L: clipped
+    ]
+
+
+@pytest.mark.parametrize("pooling,weighting", [("attention", "sigmoid"), ("attention", "softmax"), ("mean", "sigmoid")])
+def test_ids_at_padded_positions_change_nothing(pooling, weighting):
+    torch.manual_seed(0)
+    model = build_model(config(pooling=pooling, attention_weighting=weighting)).eval()
+    inputs = batch()
+    logits, weights = model.forward_with_weights(*inputs)
+    logits2, weights2 = model.forward_with_weights(*scramble_padding(inputs))
+    assert torch.equal(logits, logits2)  # bit for bit, not approximately
+    assert torch.equal(weights, weights2)
+    assert (weights[masked_positions(inputs[4], L).logical_not()] == 0).all()
+
+
+@pytest.mark.parametrize("weighting", ["sigmoid", "softmax"])
+def test_padded_history_values_contribute_nothing_to_attention_pooling_even_inf(weighting):
+    pool = AttentionPooling(4, (8,), weighting)
+    history, candidate = torch.randn(3, L, 4), torch.randn(3, 4)
+    mask = masked_positions(torch.tensor([0, 2, 5]), L)
+    poisoned = history.clone()
+    poisoned[~mask] = float("inf")
+    pooled, weights = pool(history, candidate, mask)
+    pooled2, weights2 = pool(poisoned, candidate, mask)
+    assert torch.equal(pooled, pooled2) and torch.equal(weights, weights2)
+    assert torch.equal(pooled[0], torch.zeros(4))  # an empty history pools to zero
+    if weighting == "softmax":
+        assert torch.allclose(weights[1:].sum(dim=1), torch.ones(2))
+
+
+def test_padding_gets_no_gradient_and_no_nan_with_empty_histories():
+    model = build_model(config(attention_weighting="softmax", activation="prelu"))
+    inputs = batch()
+    inputs[4] = torch.zeros(B, dtype=torch.long)  # every history empty
+    model(*inputs).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_mean_pooling_is_the_mean_of_real_items():
+    history = torch.arange(2 * L * 2, dtype=torch.float32).reshape(2, L, 2)
+    mask = masked_positions(torch.tensor([2, 0]), L)
+    pooled, weights = MeanPooling()(history, torch.zeros(2, 2), mask)
+    assert torch.equal(pooled[0], history[0, -2:].mean(dim=0))
+    assert torch.equal(pooled[1], torch.zeros(2))
+    assert weights[0].tolist() == [0, 0, 0, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("activation", ["dice", "prelu"])
+def test_shapes_of_every_layer_and_model(activation):
+    assert MLP(7, (5, 3), activation, 0.1, out_dim=1)(torch.randn(4, 7)).shape == (4, 1)
+    assert MLP(7, (5,), activation, out_dim=None)(torch.randn(4, 7)).shape == (4, 5)
+    assert Dice(5)(torch.randn(4, 5)).shape == (4, 5)
+    assert PReLU(5)(torch.randn(4, L, 5)).shape == (4, L, 5)
+    pooled, weights = AttentionPooling(6, (8, 4))(torch.randn(B, L, 6), torch.randn(B, 6), torch.ones(B, L, dtype=torch.bool))
+    assert pooled.shape == (B, 6) and weights.shape == (B, L)
+    model = build_model(config(activation=activation))
+    logits, weights = model.forward_with_weights(*batch())
+    assert logits.shape == (B,) and weights.shape == (B, L)
+    assert model.embed(torch.tensor([[1, 2]]), torch.tensor([[1, 2]])).shape == (1, 2, 6)
+
+
+def test_unknown_ids_map_to_index_0_and_do_not_crash():
+    torch.manual_seed(0)
+    model = build_model(config()).eval()
+    inputs = batch()
+    unknown = [t.clone() for t in inputs]
+    unknown[0][:] = torch.tensor([30, 31, 10_000, -1, 2**31 - 1, 45])  # item_vocab is 30
+    unknown[1][:] = 99                                                  # cat_vocab is 6
+    zeros = [t.clone() for t in inputs]
+    zeros[0][:] = 0
+    zeros[1][:] = 0
+    assert torch.isfinite(model(*unknown)).all()
+    assert torch.equal(model(*unknown), model(*zeros))
+    assert model.known(torch.tensor([0, 5, 29, 30, -3]), 30).tolist() == [0, 5, 29, 0, 0]
+
+
+def test_dense_features_are_normalised_with_the_train_statistics():
+    model = build_model(config())
+    x = torch.tensor([[1.0, 7.0, 5.0]])
+    # (x - mean) / std, a zero std counted as 1, NaN to 0 (the mean)
+    assert model._normalise(x, model.user_mean, model.user_std).tolist() == [[0.0, 5.0, 1.0]]
+    assert model._normalise(torch.tensor([[float("nan")] * 3]), model.user_mean, model.user_std).tolist() == [[0.0] * 3]
+
+
+def test_config_round_trips_through_its_dict():
+    cfg = config(extra={"date": "2026-11-07"})
+    assert RankerModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        RankerModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})

@@ -1,0 +1,130 @@
+"""The registered attention ranker is self-contained: it loads from the registry and
+scores string ids in a fresh process where recpipe cannot be imported."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recpipe.ranker.model import RankerModelConfig, build_model
+from recpipe.ranker.scoring import CandidateScorer, save_vocabulary, save_weights
+
+pytestmark = pytest.mark.timeout(300)
+
+L = 4
+CONFIG = RankerModelConfig(item_vocab=40, cat_vocab=6, history_length=L, user_dense_dim=2, item_dense_dim=3,
+                           item_embedding_dim=4, cat_embedding_dim=2, attention_hidden=(8,), head_hidden=(8,),
+                           activation="prelu", user_dense_mean=(1.0, 2.0), user_dense_std=(2.0, 2.0))
+# Items i1..i49 in the dictionary; i40..i49 got indexes after training (>= item_vocab).
+ITEM_IDS = np.array([f"i{k}" for k in range(1, 50)])
+ITEM_IDX = np.arange(1, 50)
+CAT_IDX = ITEM_IDX % 5 + 1
+CANDIDATES = pd.DataFrame({
+    "item_id": ["i3", "never-seen-item", "i7", "i45", "i2"],
+    "history": [["i1", "i2", "i5"], ["i9"], [], ["i1", "unknown", "i2", "i3", "i4", "i6"], None],
+    "user_id": ["u1", "u2", "u3", "u1", "u9"],
+    "als_score": [0.3, None, -0.2, 0.1, 0.0],
+    "user_dense": [[1.0, 2.0], [0.5, -3.0], None, [1.0, 2.0], [0.0, 0.0]],
+})
+
+
+@pytest.fixture
+def scorer_files(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(CONFIG)
+    dense = np.random.default_rng(0).normal(size=(len(ITEM_IDS), 3)).astype(np.float32)
+    dense[5] = np.nan  # an item without features
+    save_weights(str(tmp_path / "weights.pt"), CONFIG.to_dict(), model.state_dict())
+    save_vocabulary(str(tmp_path / "vocabulary.npz"), ITEM_IDS, ITEM_IDX, CAT_IDX, dense)
+    return tmp_path / "weights.pt", tmp_path / "vocabulary.npz"
+
+
+def test_histories_are_mapped_left_padded_truncated_and_unknown_ids_dropped(scorer_files):
+    scorer = CandidateScorer.from_files(str(scorer_files[0]), str(scorer_files[1]))
+    item_idx, cat_idx, hist_items, hist_cats, hist_len, user_dense, item_dense, als = scorer.inputs(CANDIDATES)
+    assert item_idx.tolist() == [3, 0, 7, 0, 2]  # not in the dictionary, or beyond the trained vocabulary: 0
+    assert cat_idx.tolist() == [4, 0, 3, 1, 3]  # an item newer than the model keeps its category
+    assert hist_items.tolist() == [[0, 1, 2, 5], [0, 0, 0, 9], [0, 0, 0, 0], [2, 3, 4, 6], [0, 0, 0, 0]]
+    assert hist_cats.tolist() == [[0, 2, 3, 1], [0, 0, 0, 5], [0, 0, 0, 0], [3, 4, 5, 2], [0, 0, 0, 0]]
+    assert hist_len.tolist() == [3, 1, 0, 4, 0]
+    assert user_dense[0].tolist() == [1.0, 2.0]
+    assert torch.isnan(user_dense[2]).all()  # absent: the model treats NaN as the training mean
+    assert torch.isnan(item_dense[1]).all() and not torch.isnan(item_dense[0]).any()
+    assert als.tolist() == pytest.approx([0.3, 0.0, -0.2, 0.1, 0.0])
+    scores = scorer.score(CANDIDATES)
+    assert scores.shape == (5,) and np.isfinite(scores).all() and ((scores > 0) & (scores < 1)).all()
+
+
+def test_registered_version_loads_and_scores_where_recpipe_cannot_be_imported(scorer_files, tmp_path):
+    import mlflow
+
+    from recpipe.ranker.publish import log_ranker_model
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.create_experiment("ranker-test", artifact_location=f"file://{tmp_path}/artifacts")
+        with mlflow.start_run(experiment_id=experiment):
+            logged = log_ranker_model(str(scorer_files[0]), str(scorer_files[1]), CANDIDATES.head(2),
+                                      registered_name="attention-ranker")
+        client = mlflow.MlflowClient(uri)
+        assert str(client.get_model_version_by_alias("attention-ranker", "challenger").version) == logged["version"]
+    finally:
+        mlflow.set_tracking_uri(previous)
+    # The signature requires a list for every history (empty when the user has none).
+    candidates = CANDIDATES.assign(history=[h if h is not None else [] for h in CANDIDATES["history"]],
+                                   user_dense=[d if d is not None else [] for d in CANDIDATES["user_dense"]])
+    expected = CandidateScorer.from_files(str(scorer_files[0]), str(scorer_files[1])).score(candidates)
+
+    script = textwrap.dedent(f"""
+        import importlib.abc, json, sys
+
+        class NoRecpipe(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "recpipe" or name.startswith("recpipe."):
+                    raise ImportError("recpipe is blocked in this process")
+                return None
+
+        sys.meta_path.insert(0, NoRecpipe())
+        import mlflow, pandas as pd
+        mlflow.set_tracking_uri({uri!r})
+        model = mlflow.pyfunc.load_model("models:/attention-ranker/{logged['version']}")
+        frame = pd.read_json(sys.stdin.read(), orient="records")
+        scores = model.predict(frame)
+        assert not any(m == "recpipe" or m.startswith("recpipe.") for m in sys.modules)
+        print(json.dumps({{"scores": scores.tolist(), "name": scores.name}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], input=candidates.to_json(orient="records"),
+                          capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["name"] == "score"
+    assert out["scores"] == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_the_model_code_ships_without_the_training_modules(tmp_path):
+    from recpipe.ranker.publish import requirements, stage_model_code
+
+    package = stage_model_code(tmp_path)
+    shipped = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py"))
+    assert shipped == ["__init__.py", "layers/__init__.py", "layers/attention.py", "layers/mlp.py", "model.py",
+                       "pyfunc.py", "scoring.py"]
+    imported = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module)
+    assert {name.split(".")[0] for name in imported} <= {"__future__", "json", "typing", "dataclasses", "numpy",
+                                                         "pandas", "torch", "mlflow"}
+    assert {r.split("==")[0] for r in requirements()} == {"torch", "numpy", "pandas", "mlflow"}
