@@ -124,3 +124,17 @@ def read_path(spark: SparkSession, location: str) -> DataFrame:
     if not paths.exists(location):
         raise DataError(f"no data at {location}")
     return spark.read.parquet(location)
+
+
+def write_day(frame: DataFrame, cfg: Config, name: str, date: dt.date, files: int, rows: int | None = None) -> None:
+    """Replace day D of a table by `frame` (without a `dt` column).
+
+    With no rows, dynamic overwrite would write nothing and keep a stale D from an
+    earlier run, so an empty day removes D instead. Pass `rows` when it is known, to
+    spare the emptiness check its Spark job.
+    """
+    empty = rows == 0 if rows is not None else frame.isEmpty()
+    if empty:
+        paths.delete_dir(cfg.table_path(name, date))
+        return
+    write_days(with_day(frame, date), cfg, name, files)

@@ -239,15 +239,8 @@ def index_events(accepted: DataFrame, users: DataFrame, items: DataFrame) -> Dat
 
 
 def write_day(frame: DataFrame, cfg: Config, name: str, date: dt.date, *, rows: int, files: int) -> None:
-    """Replace day D of a table by `frame`, which holds `rows` rows.
-
-    With no rows dynamic overwrite would write nothing and keep a stale D from an
-    earlier run, so an empty day removes D instead.
-    """
-    if rows == 0:
-        paths.delete_dir(cfg.table_path(name, date))
-        return
-    io.write_days(io.with_day(frame, date), cfg, name, files=files)
+    """Replace day D of a table by `frame`, which holds `rows` rows (empty: D removed)."""
+    io.write_day(frame, cfg, name, date, files, rows=rows)
 
 
 def count_first_seen(dictionary: DataFrame, date: dt.date) -> int:

@@ -325,9 +325,13 @@ def read_item_categories(spark: SparkSession, cfg: Config, date: dt.date) -> Dat
 
 
 def write_table(frame: DataFrame, cfg: Config, name: str, date: dt.date, files: int) -> int:
-    """Write one day of a table (replacing only that day) and return its row count."""
-    io.write_days(io.with_day(frame, date), cfg, name, files)
-    return count_rows(cfg.table_path(name, date))
+    """Write one day of a table (replacing only that day) and return its row count.
+
+    The first day of a data set has nothing before its cut-off: the day is then absent.
+    """
+    io.write_day(frame, cfg, name, date, files)
+    location = cfg.table_path(name, date)
+    return count_rows(location) if paths.exists(location) else 0
 
 
 def count_rows(location: str) -> int:
