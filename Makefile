@@ -12,10 +12,10 @@ SETUP_HASH := $(shell cat constraints.txt requirements.txt setup.py scripts/setu
 STAMP := $(VENV)/.setup-$(SETUP_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test dist clean-data clean
+.PHONY: help setup run test nightly mlflow-server dist clean-data clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 setup: $(STAMP)  ## create .venv with the pinned stack, check Java 17 (once per constraints)
 
@@ -27,6 +27,14 @@ run: setup  ## generate the default data set and run every pipeline stage locall
 
 test: setup  ## run the test suite (real Spark, MLflow, Petastorm; no GPU)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+nightly: setup  ## the nightly for DATE=YYYY-MM-DD: clean, features, als, train, promote, score
+	@test -n "$(DATE)" || { echo "usage: make nightly DATE=YYYY-MM-DD [CONF=...] [SET=...]"; exit 2; }
+	$(VENV)/bin/recpipe nightly --conf $(CONF) $(SET_ARGS) --date $(DATE)
+
+MLFLOW_PORT ?= 5000
+mlflow-server: setup  ## MLflow tracking server on 127.0.0.1:MLFLOW_PORT, store under the data root
+	$(VENV)/bin/recpipe mlflow-server --conf $(CONF) $(SET_ARGS) --port $(MLFLOW_PORT)
 
 dist: setup  ## build the wheel that spark-submit ships with --py-files
 	rm -rf dist build

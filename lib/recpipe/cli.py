@@ -72,6 +72,52 @@ def cmd_pipeline(cfg: Config, args: argparse.Namespace) -> None:
     print(format_results(results))
 
 
+def cmd_rollback(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe.registry.promote import rollback
+
+    result = rollback(cfg)
+    print(f"champion is now version {result['champion']} (version {result['rolled_back']} rolled back)")
+
+
+def cmd_recommend(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe.registry.recommend import recommend
+    from recpipe.spark import get_spark
+
+    listed = recommend(get_spark(cfg, "recommend"), cfg, args.user, args.date)
+    print(f"user {args.user}, recommendations of {listed.attrs['date']} "
+          f"(model version {listed['model_version'].iloc[0]}):")
+    for row in listed.itertuples():
+        print(f"{row.rank:>4}  {row.item_id:<14} {row.score:.4f}  because of: {row.because}")
+
+
+def cmd_nightly(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe.nightly import nightly
+
+    nightly(cfg, [args.date], force=args.force, from_stage=args.from_stage)
+
+
+def cmd_backfill(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe.nightly import nightly
+    from recpipe.pipeline import date_range
+
+    if args.promote_last:
+        args.overrides.append("nightly.promote_backfill=true")
+        cfg = load_config(args.conf, args.overrides)
+    nightly(cfg, date_range(args.start, args.end), force=args.force, from_stage=args.from_stage,
+            promote_last_only=True)
+
+
+def cmd_mlflow_server(cfg: Config, args: argparse.Namespace) -> None:
+    import os
+
+    from recpipe.tracking import server_command
+
+    command = server_command(cfg, port=args.port)
+    print(f"MLflow tracking server: http://127.0.0.1:{args.port} (process {os.getpid()}; Ctrl-C stops it)")
+    print(f"use it with: export MLFLOW_TRACKING_URI=http://127.0.0.1:{args.port}", flush=True)
+    os.execv(command[0], command)
+
+
 def cmd_show_config(cfg: Config, args: argparse.Namespace) -> None:
     import yaml
 
@@ -81,11 +127,13 @@ def cmd_show_config(cfg: Config, args: argparse.Namespace) -> None:
 def cmd_locations(cfg: Config, args: argparse.Namespace) -> None:
     from recpipe.tracking import tracking_uri
 
-    print(f"data root:      {cfg.paths.root}")
-    for name in ("raw_events", "raw_items", "manifest", "events", "rejects", "samples", "als", "recommendations"):
-        print(f"  {name:<14}{cfg.table_path(name)}")
-    print(f"MLflow runs:    {tracking_uri(cfg)}")
-    print("  browse them:  .venv/bin/mlflow ui --backend-store-uri <the URI above>")
+    print(f"data root:         {cfg.paths.root}")
+    for name in ("raw_events", "raw_items", "manifest", "events", "rejects", "samples", "als", "ranker_input",
+                 "checkpoints", "recommendations"):
+        print(f"  {name:<17}{cfg.table_path(name)}")
+    print(f"MLflow runs:       {tracking_uri(cfg)}")
+    print("  browse them:     .venv/bin/mlflow ui --backend-store-uri <the URI above>")
+    print("  champion model:  models:/attention-ranker@champion")
 
 
 # name → (handler, help, needs --date)
@@ -99,6 +147,16 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, boo
             "train implicit ALS on the window before D, write top-K candidates, evaluate on D", True),
     "train": (spark_stage("train"),
               "train the attention ranker with DDP on the samples of D, evaluate, register a challenger", True),
+    "promote": (spark_stage("promote"),
+                "score champion and challenger on D's held-out rows; move champion if the challenger wins", True),
+    "rollback": (cmd_rollback, "move champion back to the previous version", False),
+    "score": (spark_stage("score"),
+              "re-rank D's ALS candidates with the champion; top N per user to lake/recommendations", True),
+    "recommend": (cmd_recommend, "print one user's recommendations and the history items behind them", False),
+    "nightly": (cmd_nightly, "clean, features, als, train, promote, score for D; skips stages already done", True),
+    "backfill": (cmd_backfill, "the nightly for each date of a range, in order; champion moves at most once", False),
+    "mlflow-server": (cmd_mlflow_server, "run an MLflow tracking server on 127.0.0.1 with its store under the root",
+                      False),
     "pipeline": (cmd_pipeline, "run several stages for a range of days in one Spark session", False),
     "show-config": (cmd_show_config, "print the resolved configuration as YAML", False),
     "locations": (cmd_locations, "print where the tables and the MLflow runs are", False),
@@ -116,6 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "train":  # sugar for --set ranker.resume=true
             p.add_argument("--resume", dest="overrides", action="append_const", const="ranker.resume=true",
                            help="continue from the last checkpoint of day D")
+        if name in ("nightly", "backfill"):
+            p.add_argument("--force", action="store_true", help="rerun every stage, even those already done")
+            p.add_argument("--from-stage", help="rerun from this stage on (earlier finished stages are skipped)")
+        if name == "backfill":
+            p.add_argument("--start", type=date_arg, required=True, help="first date")
+            p.add_argument("--end", type=date_arg, required=True, help="last date")
+            p.add_argument("--promote-last", action="store_true",
+                           help="let the last date's challenger move champion (as nightly.promote_backfill=true)")
+        if name == "mlflow-server":
+            p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
+        if name == "recommend":
+            p.add_argument("--user", required=True, help="the user id")
+            p.add_argument("--date", type=date_arg, help="day of the recommendations (default: the newest)")
         if name == "pipeline":
             p.add_argument("--start", type=date_arg, help="first day (default: the first generated day)")
             p.add_argument("--end", type=date_arg, help="last day (default: the last generated day)")

@@ -215,6 +215,28 @@ class RankerConfig:
 
 
 @dataclass(frozen=True)
+class PromoteConfig:
+    min_gauc_gain: float
+    min_auc_gain: float
+    split: str
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    top_n: int
+    exclude_history: bool
+    files_per_day: int
+
+
+@dataclass(frozen=True)
+class NightlyConfig:
+    stages: tuple
+    markers: str
+    lock_file: str
+    promote_backfill: bool
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig
     tables: TablesConfig
@@ -225,6 +247,9 @@ class Config:
     features: FeaturesConfig
     als: AlsConfig
     ranker: RankerConfig
+    promote: PromoteConfig
+    score: ScoreConfig
+    nightly: NightlyConfig
     sources: tuple[str, ...] = ()  # the files and overrides this config was built from
 
     def table_path(self, name: str, date: dt.date | None = None) -> str:

@@ -26,6 +26,8 @@ STAGE_MODULES: dict[str, str] = {
     "features": "etl.features",
     "als": "als.stage",
     "train": "ranker.stage",
+    "promote": "registry.promote",
+    "score": "registry.score",
 }
 STAGES: tuple[str, ...] = tuple(STAGE_MODULES)
 

@@ -74,3 +74,22 @@ def ensure_experiment(cfg: Config, name: str) -> str:
     if tracking_uri(cfg).startswith("sqlite:") or cfg.mlflow.artifact_root:
         location = join_uri(artifact_root(cfg), name)
     return client.create_experiment(name, artifact_location=location)
+
+
+def server_command(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """`mlflow server` for this root: SQLite backend and served artifacts under
+    `<root>/mlflow-server/`, so clients (executors, DDP ranks) upload artifacts through
+    the server instead of writing to their own disks."""
+    import sys
+    from pathlib import Path
+
+    home = Path(local_root(cfg)) / "mlflow-server"
+    home.mkdir(parents=True, exist_ok=True)
+    mlflow = Path(sys.executable).with_name("mlflow")
+    return [
+        str(mlflow), "server",
+        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination", str(home / "artifacts"),
+        "--host", host, "--port", str(port),
+        "--workers", "1",
+    ]

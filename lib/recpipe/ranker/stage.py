@@ -319,21 +319,15 @@ def _dense_matrix(column: pd.Series, dim: int) -> np.ndarray:
 def input_example(spark: SparkSession, cfg: Config, date: dt.date, vocabulary: pd.DataFrame,
                   test: Mapping[str, np.ndarray] | None, rows: int = 3) -> pd.DataFrame:
     """A few test rows as a consumer would send them: string ids, lists, dense features."""
-    names = dict(zip(vocabulary[ITEM_IDX].astype(int), vocabulary[ITEM_ID].astype(str)))
+    from recpipe.ranker.consumer import consumer_frame, id_lookup
+
+    names = id_lookup(vocabulary[ITEM_IDX].to_numpy(), vocabulary[ITEM_ID].astype(str).to_numpy())
     if test is None or len(test["label"]) == 0:
-        some = list(names.values())[:2]
+        some = [n for n in names if n != "unknown"][:2]
         return pd.DataFrame({ITEM_ID: some[:1], "history": [some[1:]]})
     picked = np.argsort(-test["hist_len"], kind="stable")[:rows]
     users = _user_ids(spark, cfg, date, [int(u) for u in test["user_idx"][picked]])
-    return pd.DataFrame({
-        ITEM_ID: [names.get(int(test["item_idx"][r]), "unknown") for r in picked],
-        "history": [[names.get(int(i), "unknown") for i in test["hist_items"][r][-int(test["hist_len"][r]):]]
-                    if test["hist_len"][r] else [] for r in picked],
-        USER_ID: [users.get(int(test["user_idx"][r]), "unknown") for r in picked],
-        "user_dense": [test["user_dense"][r].tolist() for r in picked],
-        "item_dense": [test["item_dense"][r].tolist() for r in picked],
-        "als_score": [float(test["als_score"][r]) for r in picked],
-    })
+    return consumer_frame(test, names, picked, users)
 
 
 def _user_ids(spark: SparkSession, cfg: Config, date: dt.date, indexes: list[int]) -> dict[int, str]:

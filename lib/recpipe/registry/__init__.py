@@ -1,0 +1,1 @@
+"""Consumers of the model registry: the champion/challenger gate, rollback and batch scoring."""

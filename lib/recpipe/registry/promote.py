@@ -1,0 +1,157 @@
+"""`recpipe promote --date D` and `recpipe rollback`: who consumers get as `@champion`.
+
+The challenger is the version the train stage of D registered (alias `challenger`, its
+run tagged with D). Champion and challenger are loaded from the registry as consumers load
+them and score the same rows: the `promote.split` split of `ranker_input/dt=D`, sent in
+the consumer's format (string ids). `gate.decide` says whether `champion` moves; the
+replaced version keeps the alias `previous`. Every decision is written on the challenger
+version as tags and in one log line. Nothing moves unless every step before succeeded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Mapping
+
+import numpy as np
+from pyspark.sql import SparkSession
+
+from recpipe import paths
+from recpipe.config import Config
+from recpipe.errors import DataError
+from recpipe.etl.samples import read_meta
+from recpipe.ranker.consumer import consumer_frame, id_lookup
+from recpipe.ranker.data import EVAL_EXTRA, TRAIN_COLUMNS, read_split
+from recpipe.ranker.evaluate import baseline_scores
+from recpipe.ranker.inputs import split_location
+from recpipe.ranker.stage import REGISTERED_MODEL, popularity_index, read_vocabulary
+from recpipe.registry.gate import Decision, Scored, decide, score_summary
+from recpipe.schema import ITEM_ID, ITEM_IDX
+from recpipe.tracking import tracking_uri
+
+log = logging.getLogger("recpipe.promote")
+
+CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
+PROMOTED, REJECTED, ROLLED_BACK = "promoted", "rejected", "rolled_back"
+
+
+def client_for(cfg: Config):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(cfg))  # models:/ URIs resolve against the global URI
+    return mlflow.MlflowClient(tracking_uri(cfg))
+
+
+def version_by_alias(client, alias: str, model: str = REGISTERED_MODEL):
+    """The model version holding `alias`, or None (no such alias, or no such model)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(model, alias)
+    except MlflowException:
+        return None
+
+
+def challenger_for(client, date: dt.date, model: str = REGISTERED_MODEL):
+    """The challenger version, which must come from a training run of `date`."""
+    version = version_by_alias(client, CHALLENGER, model)
+    if version is None:
+        raise DataError(f"promote {date}: {model} has no '{CHALLENGER}' version; run `recpipe train --date {date}`")
+    trained_for = client.get_run(version.run_id).data.tags.get("date")
+    if trained_for != date.isoformat():
+        raise DataError(f"promote {date}: the '{CHALLENGER}' version {version.version} of {model} was trained for "
+                        f"{trained_for}, not {date}; the train stage of {date} did not register a model")
+    return version
+
+
+def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
+    """Score champion and challenger on D's held-out rows, decide, move aliases, record."""
+    client = client_for(cfg)
+    challenger = challenger_for(client, date)
+    champion = version_by_alias(client, CHAMPION)
+    if champion is not None and champion.version == challenger.version:
+        log.info("promote %s: version %s is already the champion", date, challenger.version)
+        return {"decision": "already_champion", "champion": champion.version}
+
+    arrays, frame = gate_rows(spark, cfg, date)
+    labels, users = arrays["label"], arrays["user_idx"]
+    scored = {"challenger": score_summary(labels, users, predict(challenger.version, frame))}
+    if champion is not None:
+        scored["champion"] = score_summary(labels, users, predict(champion.version, frame))
+    baselines = {name: score_summary(labels, users, values)
+                 for name, values in baseline_scores(arrays, popularity_index(cfg.ranker, read_meta(cfg, date), date)).items()}
+    decision = decide(scored["challenger"], scored.get("champion"), baselines, cfg.promote)
+
+    record(client, date, challenger, champion, scored, baselines, decision)
+    if decision.promote:
+        if champion is not None:
+            client.set_registered_model_alias(REGISTERED_MODEL, PREVIOUS, champion.version)
+        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, challenger.version)
+    now = challenger.version if decision.promote else (champion.version if champion else "none")
+    log.info("promote %s: version %s %s (champion: %s); %s", date, challenger.version,
+             PROMOTED if decision.promote else REJECTED, now, decision.reason)
+    return {
+        "decision": PROMOTED if decision.promote else REJECTED,
+        "challenger": challenger.version,
+        "champion": now,
+        "reason": decision.reason,
+        "rows": int(len(labels)),
+        **{f"{who}_{m}": round(getattr(s, m), 4) for who, s in scored.items() for m in ("auc", "gauc")},
+    }
+
+
+def gate_rows(spark: SparkSession, cfg: Config, date: dt.date):
+    """D's held-out rows: the arrays (labels, users, baselines) and the consumer frame."""
+    location = split_location(cfg, date, cfg.promote.split)
+    if not paths.exists(location):
+        raise DataError(f"promote {date}: no '{cfg.promote.split}' split at {location}; run the train stage first")
+    arrays = read_split(location, (*TRAIN_COLUMNS, *EVAL_EXTRA))
+    if len(arrays["label"]) == 0:
+        raise DataError(f"promote {date}: the '{cfg.promote.split}' split at {location} has no rows")
+    vocabulary = read_vocabulary(spark, cfg, date)
+    names = id_lookup(vocabulary[ITEM_IDX].to_numpy(), vocabulary[ITEM_ID].astype(str).to_numpy())
+    return arrays, consumer_frame(arrays, names)
+
+
+def predict(version: str, frame) -> np.ndarray:
+    """Scores of a registered version, loaded as consumers load it; NaN rows if it fails."""
+    import mlflow
+
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/{version}")
+        out = model.predict(frame)
+    except Exception as err:  # a version that cannot score loses; the error is kept in the log
+        log.error("version %s could not score the gate's rows: %s", version, err)
+        return np.full(len(frame), np.nan)
+    return np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+def record(client, date: dt.date, challenger, champion, scored: Mapping[str, Scored],
+           baselines: Mapping[str, Scored], decision: Decision) -> None:
+    """The decision and the metrics of both models (and the baselines) as version tags."""
+    tags = {
+        "validation_status": PROMOTED if decision.promote else REJECTED,
+        "validation_date": date.isoformat(),
+        "validation_reason": decision.reason[:5000],
+        "compared_with_version": champion.version if champion is not None else "none",
+    }
+    for who, summary in {**scored, **{f"baseline_{k}": v for k, v in baselines.items()}}.items():
+        tags.update(summary.as_tags(who))
+    for key, value in tags.items():
+        client.set_model_version_tag(REGISTERED_MODEL, challenger.version, key, value)
+
+
+def rollback(cfg: Config) -> dict:
+    """Move `champion` back to `previous`; the demoted version is tagged rolled_back."""
+    client = client_for(cfg)
+    previous = version_by_alias(client, PREVIOUS)
+    champion = version_by_alias(client, CHAMPION)
+    if previous is None:
+        raise DataError(f"rollback: {REGISTERED_MODEL} has no '{PREVIOUS}' version to go back to")
+    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, previous.version)
+    client.delete_registered_model_alias(REGISTERED_MODEL, PREVIOUS)
+    if champion is not None:
+        client.set_model_version_tag(REGISTERED_MODEL, champion.version, "validation_status", ROLLED_BACK)
+    log.info("rollback: champion %s -> %s", champion.version if champion else "none", previous.version)
+    return {"champion": previous.version, "rolled_back": champion.version if champion else "none"}

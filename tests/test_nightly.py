@@ -1,0 +1,234 @@
+"""Nightly retraining end to end on generated data, with the registry's consumers:
+nightly → promote (first version against the baselines) → score; a second nightly that
+does nothing; worse and better challengers; rollback; a crash in training; a backfill;
+a consumer in a fresh process that cannot import recpipe. Slow: several minutes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = [pytest.mark.spark, pytest.mark.generate, pytest.mark.ddp, pytest.mark.slow, pytest.mark.timeout(3000)]
+
+DATA = [
+    "generate.users=2500", "generate.items=600", "generate.categories=12", "generate.days=8",
+    "features.train_days=4", "features.min_files_per_split=2",
+    "als.train_days=5", "als.rank=8", "als.max_iter=4", "als.top_k=40", "als.eval_ks=[10]", "als.register_model=false",
+    "ranker.reader_workers=1", "ranker.progress=false", "ranker.epochs=2", "ranker.num_processes=2",
+    "ranker.compare_base_model=false", "score.top_n=10",
+]
+MODEL = "attention-ranker"
+
+
+def file_state(root) -> dict:
+    """Every file under the root except MLflow's store and the lock: name → (size, mtime)."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")
+            if p.is_file() and "mlflow" not in p.parts and not p.name.startswith("_nightly.lock")}
+
+
+def aliases(client) -> dict[str, str]:
+    return {alias: str(version) for alias, version in client.get_registered_model(MODEL).aliases.items()}
+
+
+def register_constant_version(cfg, date: dt.date, like_version: str) -> str:
+    """A version of the champion's architecture with every weight zero: one score for every
+    row (AUC 0.5), registered by a run of `date` as the challenger, as train would."""
+    import mlflow
+    import torch
+
+    from recpipe.ranker.model import build_model
+    from recpipe.ranker.publish import log_ranker_model
+    from recpipe.ranker.scoring import save_weights
+    from recpipe.tracking import start_run
+    from pathlib import Path
+
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{like_version}"))
+    weights = next(local.rglob("weights.pt"))
+    vocabulary = next(local.rglob("vocabulary.npz"))
+    saved = torch.load(weights, map_location="cpu", weights_only=True)
+    model = build_model(saved["model_config"])
+    model.load_state_dict(saved["model_state"])
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+    save_weights(str(local / "zero.pt"), saved["model_config"], model.state_dict())
+    with start_run(cfg, "recpipe-ranker", run_name=f"constant-{date}", tags={"date": date.isoformat()}):
+        import pandas as pd
+
+        example = pd.DataFrame({"item_id": ["x"], "history": [["y"]]})
+        return log_ranker_model(str(local / "zero.pt"), str(vocabulary), example, MODEL)["version"]
+
+
+@pytest.fixture(scope="module")
+def scenario(spark, tmp_path_factory):
+    """Run everything once; the tests below read what happened."""
+    import mlflow
+
+    from recpipe.config import load_config
+    from recpipe.generate import run as generate
+    from recpipe.nightly import NightlyError, nightly
+    from recpipe.pipeline import run_stages
+    from recpipe.registry import promote
+    from recpipe.tracking import tracking_uri
+    from tests.conftest import LOCAL_CONF
+
+    root = tmp_path_factory.mktemp("nightly") / "root"
+    cfg = load_config(LOCAL_CONF, [f"paths.root={root}", *DATA])
+    generate(cfg)
+    days = cfg.generate.dates
+    D = days[4]
+    run_stages(spark, cfg, days[:4], ["clean"])
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    seen = {"D": D, "cfg": cfg, "root": root}
+
+    seen["first"] = nightly(cfg, [D])
+    seen["after_first"] = aliases(client)
+    before = file_state(root)
+    seen["second"] = nightly(cfg, [D])
+    seen["unchanged"] = before == file_state(root)
+
+    trained = seen["after_first"]["champion"]
+    constant = register_constant_version(cfg, D, trained)
+    seen["worse"] = promote.run(spark, cfg, D)
+    seen["after_worse"] = aliases(client)
+    seen["constant_tags"] = client.get_model_version(MODEL, constant).tags
+
+    # An old, weak champion (the constant version) and the trained version challenging it.
+    client.set_registered_model_alias(MODEL, "champion", constant)
+    client.set_registered_model_alias(MODEL, "challenger", trained)
+    seen["better"] = promote.run(spark, cfg, D)
+    seen["after_better"] = aliases(client)
+    seen["rollback"] = promote.rollback(cfg)
+    seen["after_rollback"] = aliases(client)
+    seen["trained_tags"] = client.get_model_version(MODEL, trained).tags
+
+    client.set_registered_model_alias(MODEL, "champion", trained)
+    broken = load_config(LOCAL_CONF, [f"paths.root={root}", *DATA, "ranker.batch_size=1001"])  # not divisible by 2 ranks
+    with pytest.raises(NightlyError) as crash:
+        nightly(broken, [D], from_stage="train")
+    seen["crash"] = (str(crash.value), crash.value.outcomes)
+    seen["after_crash"] = aliases(client)
+
+    versions_before = {v.version for v in client.search_model_versions(f"name='{MODEL}'")}
+    seen["backfill"] = nightly(cfg, days[5:8], promote_last_only=True)
+    seen["backfill_versions"] = {v.version for v in client.search_model_versions(f"name='{MODEL}'")} - versions_before
+    seen["after_backfill"] = aliases(client)
+    return seen
+
+
+def statuses(outcomes, date=None) -> dict[str, str]:
+    return {o.stage: o.status for o in outcomes if date is None or o.date == date}
+
+
+def test_first_nightly_runs_every_stage_and_promotes_a_version_that_beats_the_baselines(scenario):
+    assert statuses(scenario["first"]) == {s: "ok" for s in ("clean", "features", "als", "train", "promote", "score")}
+    promote = next(o for o in scenario["first"] if o.stage == "promote")
+    assert promote.note.startswith("promoted")
+    assert scenario["after_first"]["champion"] == scenario["after_first"]["challenger"]
+
+
+def test_second_nightly_for_the_same_date_does_no_work_and_changes_no_output(scenario):
+    assert set(statuses(scenario["second"]).values()) == {"skipped"}
+    assert scenario["unchanged"]
+
+
+def test_a_worse_challenger_is_not_promoted_and_is_tagged_so(scenario):
+    assert scenario["worse"]["decision"] == "rejected"
+    assert scenario["after_worse"]["champion"] == scenario["after_first"]["champion"]
+    tags = scenario["constant_tags"]
+    assert tags["validation_status"] == "rejected" and tags["validation_date"] == scenario["D"].isoformat()
+    assert float(tags["challenger_auc"]) == pytest.approx(0.5)
+    assert float(tags["champion_gauc"]) > float(tags["challenger_gauc"])
+
+
+def test_a_better_challenger_is_promoted_and_the_replaced_version_kept_as_previous(scenario):
+    assert scenario["better"]["decision"] == "promoted"
+    after = scenario["after_better"]
+    assert after["champion"] == scenario["after_first"]["champion"]
+    assert after["previous"] == scenario["after_worse"]["challenger"]  # the constant version
+
+
+def test_rollback_moves_champion_back_to_previous(scenario):
+    after = scenario["after_rollback"]
+    assert after["champion"] == scenario["after_better"]["previous"] and "previous" not in after
+    assert scenario["trained_tags"]["validation_status"] == "rolled_back"
+
+
+def test_a_crash_in_training_leaves_champion_where_it_was_and_names_the_stage(scenario):
+    message, outcomes = scenario["crash"]
+    assert "stage train failed" in message and "batch_size" in message
+    assert statuses(outcomes)["train"] == "failed" and statuses(outcomes)["promote"] == "not run"
+    assert scenario["after_crash"]["champion"] == scenario["after_first"]["champion"]
+
+
+def test_a_three_day_backfill_writes_three_dates_registers_versions_and_moves_no_champion(scenario):
+    cfg, days = scenario["cfg"], scenario["cfg"].generate.dates[5:8]
+    for day in days:
+        assert statuses(scenario["backfill"], day)["promote"] == "skipped"
+        assert statuses(scenario["backfill"], day)["score"] == "ok"
+        assert (scenario["root"] / "lake" / "recommendations" / f"dt={day}").is_dir()
+    assert len(scenario["backfill_versions"]) == 3
+    assert scenario["after_backfill"]["champion"] == scenario["after_crash"]["champion"]
+
+
+def test_recommendations_have_top_n_per_user_no_history_items_and_the_champion_version(spark, scenario):
+    from pyspark.sql import functions as F
+
+    from recpipe import io
+
+    cfg, D = scenario["cfg"], scenario["D"]
+    recs = io.read_day(spark, cfg, "recommendations", D)
+    per_user = recs.groupBy("user_idx").agg(F.count("*").alias("n"), F.max("rank").alias("last"))
+    assert per_user.where(F.col("n") != F.col("last")).count() == 0
+    assert per_user.agg(F.max("n")).first()[0] == cfg.score.top_n
+    assert per_user.where(F.col("n") < cfg.score.top_n).count() < 0.05 * per_user.count()  # users short of candidates
+    assert {r[0] for r in recs.select("model_version").distinct().collect()} == {scenario["after_first"]["champion"]}
+    history = io.read_day(spark, cfg, "sequences", D).select("user_idx", F.explode("hist_items").alias("item_idx"))
+    assert recs.join(history, ["user_idx", "item_idx"]).count() == 0
+    users_with_candidates = io.read_path(spark, f"{cfg.table_path('als', D)}/candidates").select("user_idx").distinct()
+    assert per_user.count() == users_with_candidates.count()
+
+
+def test_recommend_explains_one_users_list_with_history_items(spark, scenario):
+    from recpipe import io
+    from recpipe.registry.recommend import recommend
+
+    cfg, D = scenario["cfg"], scenario["D"]
+    user = io.read_day(spark, cfg, "recommendations", D).orderBy("user_idx").first()["user_id"]
+    listed = recommend(spark, cfg, user, D)
+    assert list(listed["rank"]) == list(range(1, cfg.score.top_n + 1))
+    assert listed["score"].is_monotonic_decreasing
+    assert any("(" in because for because in listed["because"])
+
+
+def test_a_fresh_process_without_recpipe_loads_the_champion_and_scores(scenario, tmp_path):
+    from recpipe.tracking import tracking_uri
+
+    cfg = scenario["cfg"]
+    script = textwrap.dedent(f"""
+        import importlib.abc, json, sys
+
+        class NoRecpipe(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name == "recpipe" or name.startswith("recpipe."):
+                    raise ImportError("recpipe is blocked in this process")
+                return None
+
+        sys.meta_path.insert(0, NoRecpipe())
+        import mlflow, pandas as pd
+        mlflow.set_tracking_uri({tracking_uri(cfg)!r})
+        model = mlflow.pyfunc.load_model("models:/{MODEL}@champion")
+        frame = pd.DataFrame({{"item_id": ["i00001", "never-seen-item"], "history": [["i00002", "i00003"], []]}})
+        scores = model.predict(frame)
+        print(json.dumps(scores.tolist()))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    scores = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(scores) == 2 and all(0.0 < s < 1.0 for s in scores)
