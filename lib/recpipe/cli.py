@@ -118,6 +118,15 @@ def cmd_mlflow_server(cfg: Config, args: argparse.Namespace) -> None:
     os.execv(command[0], command)
 
 
+def cmd_ingest_movielens(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe.ingest.movielens import ingest
+
+    report = ingest(cfg, args.source)
+    print(f"{report['ratings']:,} ratings ({report['clicks']:,} clicks) over {report['days']:,} days "
+          f"{report['first_day']}..{report['last_day']}, {report['catalogue_items']:,} movies; "
+          f"malformed: {report['malformed'] or 'none'}; report {cfg.table_path('ingest_report')}")
+
+
 def cmd_show_config(cfg: Config, args: argparse.Namespace) -> None:
     import yaml
 
@@ -155,6 +164,8 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, boo
     "recommend": (cmd_recommend, "print one user's recommendations and the history items behind them", False),
     "nightly": (cmd_nightly, "clean, features, als, train, promote, score for D; skips stages already done", True),
     "backfill": (cmd_backfill, "the nightly for each date of a range, in order; champion moves at most once", False),
+    "ingest-movielens": (cmd_ingest_movielens,
+                         "convert a MovieLens release (folder or zip) to raw logs and catalogue under the root", False),
     "mlflow-server": (cmd_mlflow_server, "run an MLflow tracking server on 127.0.0.1 with its store under the root",
                       False),
     "pipeline": (cmd_pipeline, "run several stages for a range of days in one Spark session", False),
@@ -182,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--end", type=date_arg, required=True, help="last date")
             p.add_argument("--promote-last", action="store_true",
                            help="let the last date's challenger move champion (as nightly.promote_backfill=true)")
+        if name == "ingest-movielens":
+            p.add_argument("--source", required=True, help="a MovieLens zip or folder (ml-latest*, ml-100k, ml-1m, ml-10m, ml-20m, ml-25m)")
         if name == "mlflow-server":
             p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
         if name == "recommend":

@@ -47,6 +47,7 @@ class TablesConfig:
     raw_items: str
     truth: str
     manifest: str
+    ingest_report: str
     events: str
     rejects: str
     quality: str

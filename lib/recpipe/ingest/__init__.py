@@ -1,0 +1,1 @@
+"""Readers of real data sets into the raw behaviour-log format."""
