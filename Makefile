@@ -12,7 +12,7 @@ SETUP_HASH := $(shell cat constraints.txt requirements.txt setup.py scripts/setu
 STAMP := $(VENV)/.setup-$(SETUP_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test nightly mlflow-server dist clean-data clean
+.PHONY: help setup run test nightly mlflow-server cluster-up cluster-down dist clean-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,13 @@ nightly: setup  ## the nightly for DATE=YYYY-MM-DD: clean, features, als, train,
 MLFLOW_PORT ?= 5000
 mlflow-server: setup  ## MLflow tracking server on 127.0.0.1:MLFLOW_PORT, store under the data root
 	$(VENV)/bin/recpipe mlflow-server --conf $(CONF) $(SET_ARGS) --port $(MLFLOW_PORT)
+
+CLUSTER_CONF ?= conf/cluster.yaml
+cluster-up: setup  ## Spark standalone master + workers on 127.0.0.1 (conf/cluster.yaml), pids in var/cluster
+	$(VENV)/bin/recpipe cluster-up --conf $(CLUSTER_CONF) $(SET_ARGS)
+
+cluster-down: setup  ## stop exactly the processes cluster-up started
+	$(VENV)/bin/recpipe cluster-down --conf $(CLUSTER_CONF) $(SET_ARGS)
 
 dist: setup  ## build the wheel that spark-submit ships with --py-files
 	rm -rf dist build

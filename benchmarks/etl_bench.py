@@ -102,24 +102,26 @@ def duckdb_clean_sql(day: dt.date, cfg) -> str:
     clean = cfg.clean
     path = f"{cfg.table_path('raw_events', day)}/*.json.gz"
     required = list(clean.required_fields)
-    missing = " ".join(f"WHEN nullif(trim(coalesce(json_extract_string(line, '$.{f}'), '')), '') IS NULL THEN '{f}'" for f in required)
+    missing = " ".join(f"WHEN nullif(trim(coalesce(json_extract_string(json, '$.{f}'), '')), '') IS NULL THEN '{f}'" for f in required)
     types = ", ".join(f"'{t}'" for t in clean.event_types)
     day_end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time()) + dt.timedelta(minutes=clean.future_tolerance_minutes)
     return f"""
     WITH lines AS (
         SELECT line FROM read_csv('{path}', columns={{'line': 'VARCHAR'}}, delim='\\x1f', quote='', escape='',
                                   header=false, auto_detect=false, compression='gzip', strict_mode=false)
+    ), validated AS (
+        SELECT line, CASE WHEN json_valid(line) THEN json_type(line) = 'OBJECT' ELSE false END AS is_object FROM lines
     ), parsed AS (
-        SELECT line,
-               coalesce(json_valid(line) AND json_type(line) = 'OBJECT', false) AS is_object,
-               json_extract_string(line, '$.event_id') AS event_id,
-               json_extract_string(line, '$.user_id') AS user_id,
-               json_extract_string(line, '$.item_id') AS item_id,
-               json_extract_string(line, '$.event_type') AS event_type,
-               json_extract_string(line, '$.ts') AS ts_text,
-               json_extract_string(line, '$.price') AS price_text,
-               json_extract_string(line, '$.position') AS position_text
-        FROM lines
+        -- Only valid objects are parsed: DuckDB's JSON functions raise on malformed text.
+        SELECT line, is_object, json,
+               json_extract_string(json, '$.event_id') AS event_id,
+               json_extract_string(json, '$.user_id') AS user_id,
+               json_extract_string(json, '$.item_id') AS item_id,
+               json_extract_string(json, '$.event_type') AS event_type,
+               json_extract_string(json, '$.ts') AS ts_text,
+               json_extract_string(json, '$.price') AS price_text,
+               json_extract_string(json, '$.position') AS position_text
+        FROM (SELECT *, CASE WHEN is_object THEN line END AS json FROM validated)
     ), timed AS (
         SELECT *,
                CASE WHEN regexp_full_match(ts_text, '-?[0-9]{{1,15}}') THEN make_timestamp(ts_text::BIGINT * 1000)

@@ -127,6 +127,21 @@ def cmd_ingest_movielens(cfg: Config, args: argparse.Namespace) -> None:
           f"malformed: {report['malformed'] or 'none'}; report {cfg.table_path('ingest_report')}")
 
 
+def cmd_cluster_up(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe.cluster import start
+
+    state = start(cfg)
+    print(f"Spark standalone master {state['master']}; processes: "
+          + ", ".join(f"{p['name']} {p['pid']}" for p in state["processes"]))
+
+
+def cmd_cluster_down(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe.cluster import stop
+
+    stopped = stop(cfg)
+    print(f"stopped processes {', '.join(map(str, stopped))}" if stopped else "no local cluster recorded")
+
+
 def cmd_show_config(cfg: Config, args: argparse.Namespace) -> None:
     import yaml
 
@@ -166,6 +181,8 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, boo
     "backfill": (cmd_backfill, "the nightly for each date of a range, in order; champion moves at most once", False),
     "ingest-movielens": (cmd_ingest_movielens,
                          "convert a MovieLens release (folder or zip) to raw logs and catalogue under the root", False),
+    "cluster-up": (cmd_cluster_up, "start a Spark standalone master and workers on 127.0.0.1 (pids recorded)", False),
+    "cluster-down": (cmd_cluster_down, "stop the processes cluster-up recorded, by process id", False),
     "mlflow-server": (cmd_mlflow_server, "run an MLflow tracking server on 127.0.0.1 with its store under the root",
                       False),
     "pipeline": (cmd_pipeline, "run several stages for a range of days in one Spark session", False),

@@ -238,6 +238,18 @@ class NightlyConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    host: str
+    master_port: int
+    master_webui_port: int
+    workers: int
+    worker_cores: int
+    worker_memory: str
+    run_dir: str
+    start_timeout_s: int
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig
     tables: TablesConfig
@@ -251,6 +263,7 @@ class Config:
     promote: PromoteConfig
     score: ScoreConfig
     nightly: NightlyConfig
+    cluster: ClusterConfig
     sources: tuple[str, ...] = ()  # the files and overrides this config was built from
 
     def table_path(self, name: str, date: dt.date | None = None) -> str:

@@ -23,7 +23,7 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Iterator, Sequence
 
 from recpipe import paths
@@ -101,17 +101,9 @@ def nightly_lock(cfg: Config) -> Iterator[None]:
                        "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}, out)
         yield
     finally:
-        with _ignore_missing():
+        with suppress(FileNotFoundError):
             os.remove(owner_file)
         lock.release()
-
-
-@contextmanager
-def _ignore_missing() -> Iterator[None]:
-    try:
-        yield
-    except FileNotFoundError:
-        pass
 
 
 def _read_owner(owner_file: str) -> dict | None:
@@ -242,7 +234,7 @@ def check_tracking_server(cfg: Config, timeout_s: float = 10.0) -> None:
 
 
 def stages_to_run(cfg: Config, from_stage: str | None) -> list[str]:
-    stages = [s for s in cfg.nightly.stages]
+    stages = list(cfg.nightly.stages)
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ConfigError(f"nightly.stages: unknown stage(s) {unknown} (known: {', '.join(STAGES)})")

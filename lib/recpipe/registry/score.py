@@ -39,7 +39,10 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     champion = version_by_alias(client_for(cfg), CHAMPION)
     if champion is None:
         raise DataError(f"score {date}: {REGISTERED_MODEL} has no '{CHAMPION}' version; promote one first")
-    rows = candidate_rows(spark, cfg, date, exclude_history=cfg.score.exclude_history)
+    # One partition per core, by user: each loads the model once, and the top-N window
+    # that follows finds every user's rows in one place.
+    rows = candidate_rows(spark, cfg, date, exclude_history=cfg.score.exclude_history).repartition(
+        spark.sparkContext.defaultParallelism, USER_IDX)
     scored = rows.mapInPandas(score_batches(f"models:/{REGISTERED_MODEL}/{champion.version}", tracking_uri(cfg)),
                               SCORED_SCHEMA)
     top = top_n(scored, cfg.score.top_n).withColumn(MODEL_VERSION, F.lit(str(champion.version)))
