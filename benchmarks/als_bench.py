@@ -210,9 +210,35 @@ def compare_top_k(model, k: int) -> dict:
     _, theirs_s = timed(lambda: theirs.write.format("noop").mode("overwrite").save())
     mine = ours.groupBy("user_idx").agg(F.sort_array(F.collect_list("item_idx")).alias("a"))
     spark_sets = theirs.select("user_idx", F.sort_array(F.col("recommendations.item_idx")).alias("b"))
-    differing = mine.join(spark_sets, "user_idx", "full").where(~F.coalesce(F.col("a") == F.col("b"), F.lit(False))).count()
+    differing = (mine.join(spark_sets, "user_idx", "full")
+                 .where(~F.coalesce(F.col("a") == F.col("b"), F.lit(False))).toPandas())
     return {"topk_k": k, "blocked_topk_s": ours_s, "recommend_for_all_users_s": theirs_s,
-            "topk_speedup": theirs_s / ours_s, "topk_users_with_different_items": differing}
+            "topk_speedup": theirs_s / ours_s, "topk_users_with_different_items": len(differing),
+            **boundary_ties(model, differing, k)}
+
+
+def boundary_ties(model, differing: pd.DataFrame, k: int, tolerance: float = 1e-4) -> dict:
+    """Whether the users whose two top-K sets differ only swap items tied at the K-th
+    score: both sides score in float32 in a different order, so items within rounding of
+    the boundary can fall either way. Exact float64 scores from the factors decide.
+
+    Returns the number of users whose lists differ by more than a tie, and the largest
+    score gap between an item only one side kept and that side's K-th score.
+    """
+    if differing.empty:
+        return {"topk_users_differing_beyond_ties": 0, "topk_largest_boundary_gap": 0.0}
+    users = {r.id: np.asarray(r.features, np.float64) for r in model.userFactors.collect()}
+    items = {r.id: np.asarray(r.features, np.float64) for r in model.itemFactors.collect()}
+    beyond, largest = 0, 0.0
+    for row in differing.itertuples():
+        ours, theirs = set(row.a if row.a is not None else []), set(row.b if row.b is not None else [])
+        u = users[row.user_idx]
+        score = {i: float(u @ items[i]) for i in ours | theirs}
+        kth = min(sorted(score.values(), reverse=True)[:k]) if score else 0.0
+        gap = max((kth - score[i] for i in ours ^ theirs), default=0.0)
+        largest = max(largest, gap)
+        beyond += gap > tolerance * max(abs(kth), 1.0)
+    return {"topk_users_differing_beyond_ties": beyond, "topk_largest_boundary_gap": largest}
 
 
 def main() -> None:
