@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,28 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONF = REPO / "conf" / "local.yaml"
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+
+# Start of a `python -c` script for a consumer's process: any import of recpipe fails, so
+# what the script loads must carry its own code (a registered model's code_paths).
+WITHOUT_RECPIPE = """
+import importlib.abc, json, sys
+
+class NoRecpipe(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "recpipe" or name.startswith("recpipe."):
+            raise ImportError("recpipe is blocked in this process")
+        return None
+
+sys.meta_path.insert(0, NoRecpipe())
+"""
+RECPIPE_NOT_LOADED = 'assert not any(m == "recpipe" or m.startswith("recpipe.") for m in sys.modules)\n'
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for servers a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -6,23 +6,17 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 import subprocess
 import sys
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import LOCAL_CONF, REPO
+from tests.conftest import LOCAL_CONF, REPO, free_port
 from tests.test_spark_submit import GENERATED, SPARK_SUBMIT, SUBMIT_TIMEOUT_S, build_wheel
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.generate, pytest.mark.timeout(900)]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -40,13 +41,13 @@ def register_constant_version(cfg, date: dt.date, like_version: str) -> str:
     """A version of the champion's architecture with every weight zero: one score for every
     row (AUC 0.5), registered by a run of `date` as the challenger, as train would."""
     import mlflow
+    import pandas as pd
     import torch
 
     from recpipe.ranker.model import build_model
     from recpipe.ranker.publish import log_ranker_model
     from recpipe.ranker.scoring import save_weights
     from recpipe.tracking import start_run
-    from pathlib import Path
 
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{like_version}"))
     weights = next(local.rglob("weights.pt"))
@@ -59,8 +60,6 @@ def register_constant_version(cfg, date: dt.date, like_version: str) -> str:
             parameter.zero_()
     save_weights(str(local / "zero.pt"), saved["model_config"], model.state_dict())
     with start_run(cfg, "recpipe-ranker", run_name=f"constant-{date}", tags={"date": date.isoformat()}):
-        import pandas as pd
-
         example = pd.DataFrame({"item_id": ["x"], "history": [["y"]]})
         return log_ranker_model(str(local / "zero.pt"), str(vocabulary), example, MODEL)["version"]
 
@@ -168,7 +167,7 @@ def test_a_crash_in_training_leaves_champion_where_it_was_and_names_the_stage(sc
 
 
 def test_a_three_day_backfill_writes_three_dates_registers_versions_and_moves_no_champion(scenario):
-    cfg, days = scenario["cfg"], scenario["cfg"].generate.dates[5:8]
+    days = scenario["cfg"].generate.dates[5:8]
     for day in days:
         assert statuses(scenario["backfill"], day)["promote"] == "skipped"
         assert statuses(scenario["backfill"], day)["score"] == "ok"
@@ -209,25 +208,16 @@ def test_recommend_explains_one_users_list_with_history_items(spark, scenario):
 
 def test_a_fresh_process_without_recpipe_loads_the_champion_and_scores(scenario, tmp_path):
     from recpipe.tracking import tracking_uri
+    from tests.conftest import RECPIPE_NOT_LOADED, WITHOUT_RECPIPE
 
     cfg = scenario["cfg"]
-    script = textwrap.dedent(f"""
-        import importlib.abc, json, sys
-
-        class NoRecpipe(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name == "recpipe" or name.startswith("recpipe."):
-                    raise ImportError("recpipe is blocked in this process")
-                return None
-
-        sys.meta_path.insert(0, NoRecpipe())
+    script = WITHOUT_RECPIPE + textwrap.dedent(f"""
         import mlflow, pandas as pd
         mlflow.set_tracking_uri({tracking_uri(cfg)!r})
         model = mlflow.pyfunc.load_model("models:/{MODEL}@champion")
         frame = pd.DataFrame({{"item_id": ["i00001", "never-seen-item"], "history": [["i00002", "i00003"], []]}})
         scores = model.predict(frame)
-        print(json.dumps(scores.tolist()))
-    """)
+    """) + RECPIPE_NOT_LOADED + "print(json.dumps(scores.tolist()))\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     scores = json.loads(done.stdout.strip().splitlines()[-1])

@@ -13,12 +13,8 @@ import textwrap
 import pytest
 
 from recpipe.nightly import LockedError, NightlyError, check_tracking_server, lock_path, nightly_lock
+from tests.conftest import free_port
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_second_nightly_is_refused_while_another_process_holds_the_lock(make_config, tmp_path):

@@ -16,6 +16,7 @@ import torch
 
 from recpipe.ranker.model import RankerModelConfig, build_model
 from recpipe.ranker.scoring import CandidateScorer, save_vocabulary, save_weights
+from tests.conftest import RECPIPE_NOT_LOADED, WITHOUT_RECPIPE
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -85,23 +86,14 @@ def test_registered_version_loads_and_scores_where_recpipe_cannot_be_imported(sc
                                    user_dense=[d if d is not None else [] for d in CANDIDATES["user_dense"]])
     expected = CandidateScorer.from_files(str(scorer_files[0]), str(scorer_files[1])).score(candidates)
 
-    script = textwrap.dedent(f"""
-        import importlib.abc, json, sys
-
-        class NoRecpipe(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name == "recpipe" or name.startswith("recpipe."):
-                    raise ImportError("recpipe is blocked in this process")
-                return None
-
-        sys.meta_path.insert(0, NoRecpipe())
+    script = WITHOUT_RECPIPE + textwrap.dedent(f"""
         import mlflow, pandas as pd
         mlflow.set_tracking_uri({uri!r})
         model = mlflow.pyfunc.load_model("models:/attention-ranker/{logged['version']}")
         frame = pd.read_json(sys.stdin.read(), orient="records")
         scores = model.predict(frame)
-        assert not any(m == "recpipe" or m.startswith("recpipe.") for m in sys.modules)
-        print(json.dumps({{"scores": scores.tolist(), "name": scores.name}}))
+    """) + RECPIPE_NOT_LOADED + textwrap.dedent("""
+        print(json.dumps({"scores": scores.tolist(), "name": scores.name}))
     """)
     done = subprocess.run([sys.executable, "-c", script], input=candidates.to_json(orient="records"),
                           capture_output=True, text=True, timeout=240, cwd=tmp_path)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
+
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.spark, pytest.mark.generate, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -19,11 +20,6 @@ DATA = ["generate.users=400", "generate.items=150", "generate.categories=6", "ge
         "als.train_days=2", "als.rank=4", "als.max_iter=2", "als.top_k=20", "als.eval_ks=[10]",
         "als.register_model=false", "nightly.stages=[clean, als]"]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get_json(url: str, body: dict | None = None) -> dict:

@@ -37,8 +37,7 @@ def recommend(spark: SparkSession, cfg: Config, user_id: str, date: dt.date | No
               .orderBy(RANK).toPandas())
     if listed.empty:
         raise DataError(f"recommend: user {user_id!r} has no recommendations for {date}")
-    rows = (candidate_rows(spark, cfg, date, exclude_history=False)
-            .where(F.col(USER_ID) == user_id)
+    rows = (candidate_rows(spark, cfg, date, exclude_history=False, user_ids=[user_id])
             .where(F.col(ITEM_ID).isin(listed[ITEM_ID].tolist()))
             .toPandas()
             .set_index(ITEM_ID)

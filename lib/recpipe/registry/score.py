@@ -90,14 +90,19 @@ def top_n(scored: DataFrame, n: int) -> DataFrame:
     return scored.withColumn(RANK, F.row_number().over(order)).where(F.col(RANK) <= n)
 
 
-def candidate_rows(spark: SparkSession, cfg: Config, date: dt.date, exclude_history: bool) -> DataFrame:
-    """D's ALS candidates with everything the model takes, one row per (user, candidate)."""
+def candidate_rows(spark: SparkSession, cfg: Config, date: dt.date, exclude_history: bool,
+                   user_ids: list[str] | None = None) -> DataFrame:
+    """D's ALS candidates with everything the model takes, one row per (user, candidate);
+    only those of `user_ids` when given (filtered before the history is assembled)."""
     candidates_at = paths.join_uri(cfg.table_path("als", date), "candidates")
     if not paths.exists(candidates_at):
         raise DataError(f"score {date}: no ALS candidates at {candidates_at}; run `recpipe als --date {date}`")
     candidates = io.read_path(spark, candidates_at).select(USER_IDX, ITEM_IDX, ALS_SCORE)
     users, items = dictionary(spark, cfg, "dim_users", date), dictionary(spark, cfg, "dim_items", date)
-    histories = history_ids(spark, cfg, date, items)
+    if user_ids is not None:
+        users = users.where(F.col(USER_ID).isin(user_ids))
+        candidates = candidates.join(users.select(USER_IDX), USER_IDX, "left_semi")
+    histories = history_ids(spark, cfg, date, items, users.select(USER_IDX))
     if exclude_history:
         interacted = histories.select(USER_IDX, F.explode("_hist_idx").alias(ITEM_IDX))
         candidates = candidates.join(interacted, [USER_IDX, ITEM_IDX], "left_anti")
@@ -121,12 +126,14 @@ def dictionary(spark: SparkSession, cfg: Config, table: str, date: dt.date) -> D
     return io.read_day(spark, cfg, table, day).select(F.col(key).cast("int").alias(key), name)
 
 
-def history_ids(spark: SparkSession, cfg: Config, date: dt.date, items: DataFrame) -> DataFrame:
-    """(user_idx, history: item ids most recent last, _hist_idx: item indexes) as of D."""
+def history_ids(spark: SparkSession, cfg: Config, date: dt.date, items: DataFrame, users: DataFrame) -> DataFrame:
+    """(user_idx, history: item ids most recent last, _hist_idx: item indexes) as of D,
+    for the users in `users` (user_idx)."""
     if not io.table_exists(cfg, "sequences", date):
         raise DataError(f"score {date}: no sequences for {date}; run `recpipe features --date {date}`")
     positions = (
         io.read_day(spark, cfg, "sequences", date)
+        .join(users, USER_IDX, "left_semi")
         .select(USER_IDX, F.posexplode(HIST_ITEMS).alias("_pos", ITEM_IDX))
         .where(F.col(ITEM_IDX) > 0)  # 0 is left padding
         .join(items, ITEM_IDX)
