@@ -507,8 +507,8 @@ def test_a_write_failing_mid_job_leaves_the_previous_day_intact(spark, tiny_lake
     before = {name: checksum(spark, cfg, name, D) for name in ("events", "rejects")}
     index_events = clean.index_events
 
-    def failing_on_one_row(accepted, users, items):
-        events = index_events(accepted, users, items)
+    def failing_on_one_row(accepted, users, items, **options):
+        events = index_events(accepted, users, items, **options)
         return events.withColumn("event_type", F.when(F.col("event_id") == "buy", F.raise_error(F.lit("injected failure")))
                                  .otherwise(F.col("event_type")))
 
@@ -708,3 +708,65 @@ def test_id_dictionaries_never_reassign_an_index(spark, generated):
         events = io.read_day(spark, cfg, "events", day)
         users = io.read_day(spark, cfg, "dim_users", day)
         assert events.join(users, [USER_ID, USER_IDX], "left_anti").count() == 0, day
+
+
+# --- several days in one job (the whole-history run) ----------------------------------------------
+
+def rows_by_day(spark, cfg, name: str, columns: tuple) -> dict:
+    frame = spark.read.parquet(cfg.table_path(name))
+    return {day: sorted(tuple(r[c] for c in columns) for r in frame.where(F.col("dt") == day).collect())
+            for day in (D, D2)}
+
+
+def test_run_range_gives_each_file_day_what_a_daily_clean_gives(spark, tiny_lake, tmp_path):
+    daily_cfg, daily_reports = tiny_lake
+    cfg = tiny_config(tmp_path / "range")
+    write_raw_catalogue(cfg, CATALOGUE)
+    write_raw_day(cfg, D, [*DAY1.values(), *DAY1_REJECTS])
+    write_raw_day(cfg, D2, [*DAY2.values(), *DAY2_REJECTS])
+    report = clean.run_range(spark, cfg, D, D2)
+
+    # Indexes differ (one numbering for the range), everything else matches day by day:
+    # the late event stays in its file's day, the re-sent copy of "a" in D2's file is the
+    # duplicate, bots and future timestamps are judged against their own file's day.
+    event_columns = ("event_id", USER_ID, ITEM_ID, "ts")
+    reject_columns = (LINE, REJECT_REASON, REJECT_FIELD)
+    assert rows_by_day(spark, cfg, "events", event_columns) == rows_by_day(spark, daily_cfg, "events", event_columns)
+    assert rows_by_day(spark, cfg, "rejects", reject_columns) == rows_by_day(spark, daily_cfg, "rejects", reject_columns)
+    for key in ("lines_read", "accepted", "rejected", "late_events"):
+        assert report[key] == sum(r[key] for r in daily_reports.values()), key
+    summed = sum((Counter(r["rejected_by_reason"]) for r in daily_reports.values()), Counter())
+    assert report["rejected_by_reason"] == {reason: summed[reason] for reason in REJECT_REASONS}
+    assert (report["first_date"], report["date"]) == (D.isoformat(), D2.isoformat())
+    # one snapshot of each dictionary, dated the range's last day, numbering every id once
+    assert clean.raw_days(cfg) == [D, D2]
+    assert io.snapshot_days(cfg, "dim_users") == [D2]
+    assert [r[:2] for r in table_rows(spark, cfg, "dim_users", D2)] == [("u0", 1), ("u1", 2), ("u2", 3)]
+
+
+def test_run_range_bot_verdict_covers_only_the_file_day(spark):
+    lines = [event_line(event_id=f"x{i}", user_id="u9", ts=f"2026-11-01T08:0{i}:00Z") for i in range(4)]
+    lines.append(event_line(event_id="next", user_id="u9", ts="2026-11-02T09:00:00Z"))
+    days = [D] * 4 + [D2]
+    checked = check_rows(parse_lines(spark.createDataFrame(list(zip(lines, days)), f"{LINE} string, dt date")),
+                         required_fields=REQUIRED, event_types=TYPES, day=None, future_tolerance_minutes=60)
+    classified = classify_lines(checked, no_ids(spark), bot_window_minutes=10, bot_max_events_per_window=3,
+                                bot_per=(USER_ID, "dt"))
+    assert {r["event_id"]: r[REJECT_REASON] for r in classified.collect()} == {
+        "x0": "bot_traffic", "x1": "bot_traffic", "x2": "bot_traffic", "x3": "bot_traffic", "next": None}
+
+
+def test_run_range_future_timestamp_is_judged_against_each_line_s_file_day(spark):
+    line = event_line(event_id="f", ts="2026-11-02T05:00:00Z")  # 5 h after the end of D, 19 h before D2's
+    frame = spark.createDataFrame([(line, D), (line, D2)], f"{LINE} string, dt date")
+    checked = check_rows(parse_lines(frame), required_fields=REQUIRED, event_types=TYPES, day=None,
+                         future_tolerance_minutes=60)
+    assert sorted((r["dt"], r[REJECT_REASON]) for r in checked.collect()) == [(D, "future_timestamp"), (D2, None)]
+
+
+def test_run_range_without_raw_days_names_the_range(spark, tmp_path):
+    cfg = tiny_config(tmp_path / "empty")
+    write_raw_catalogue(cfg, CATALOGUE)
+    write_raw_day(cfg, D, [DAY1["a"]])
+    with pytest.raises(DataError, match="no raw events from 2026-12-01 to 2026-12-02"):
+        clean.run_range(spark, cfg, dt.date(2026, 12, 1), dt.date(2026, 12, 2))

@@ -127,6 +127,21 @@ def cmd_ingest_movielens(cfg: Config, args: argparse.Namespace) -> None:
           f"malformed: {report['malformed'] or 'none'}; report {cfg.table_path('ingest_report')}")
 
 
+def cmd_history(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe.history import run
+    from recpipe.pipeline import format_results
+    from recpipe.spark import get_spark
+
+    print(format_results(run(get_spark(cfg, "history"), cfg, args.cutoff)))
+
+
+def cmd_report(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe.report import write_results
+    from recpipe.spark import get_spark
+
+    print(f"wrote {write_results(get_spark(cfg, 'report'), cfg, args.cutoff, args.output)}")
+
+
 def cmd_cluster_up(cfg: Config, args: argparse.Namespace) -> None:
     from recpipe.cluster import start
 
@@ -181,6 +196,10 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, boo
     "backfill": (cmd_backfill, "the nightly for each date of a range, in order; champion moves at most once", False),
     "ingest-movielens": (cmd_ingest_movielens,
                          "convert a MovieLens release (folder or zip) to raw logs and catalogue under the root", False),
+    "history": (cmd_history, "whole-history run: clean everything, then features, als and train with one cut-off D",
+                False),
+    "report": (cmd_report, "the quality report of a whole-history run (ALS, ranker, leave-last-out) as Markdown",
+               False),
     "cluster-up": (cmd_cluster_up, "start a Spark standalone master and workers on 127.0.0.1 (pids recorded)", False),
     "cluster-down": (cmd_cluster_down, "stop the processes cluster-up recorded, by process id", False),
     "mlflow-server": (cmd_mlflow_server, "run an MLflow tracking server on 127.0.0.1 with its store under the root",
@@ -212,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="let the last date's challenger move champion (as nightly.promote_backfill=true)")
         if name == "ingest-movielens":
             p.add_argument("--source", required=True, help="a MovieLens zip or folder (ml-latest*, ml-100k, ml-1m, ml-10m, ml-20m, ml-25m)")
+        if name in ("history", "report"):
+            p.add_argument("--cutoff", type=date_arg, help="evaluation cut-off D (default: history.cutoff)")
+        if name == "report":
+            p.add_argument("--output", default="docs/results.md", help="where to write the Markdown report")
         if name == "mlflow-server":
             p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
         if name == "recommend":

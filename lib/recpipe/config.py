@@ -182,14 +182,27 @@ class AlsConfig:
     top_k: int
     exclude_seen: bool
     eval_ks: tuple
+    eval_users: str
     item_block_size: int
     register_model: bool
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    days: int
+
+
+@dataclass(frozen=True)
+class HistoryConfig:
+    cutoff: str
+    leave_last_out_min_positives: int
 
 
 @dataclass(frozen=True)
 class RankerConfig:
     item_embedding_dim: int
     cat_embedding_dim: int
+    embedding_init_std: float
     attention_hidden: tuple
     attention_weighting: str
     head_hidden: tuple
@@ -259,6 +272,8 @@ class Config:
     clean: CleanConfig
     features: FeaturesConfig
     als: AlsConfig
+    evaluation: EvaluationConfig
+    history: HistoryConfig
     ranker: RankerConfig
     promote: PromoteConfig
     score: ScoreConfig

@@ -8,6 +8,7 @@ D readable and intact.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import uuid
 from typing import Sequence
@@ -45,22 +46,31 @@ def read_day(spark: SparkSession, cfg: Config, name: str, date: dt.date) -> Data
 
 def latest_day(cfg: Config, name: str, as_of: dt.date) -> dt.date | None:
     """The newest `dt=` of a snapshot table on or before `as_of`, or None."""
+    return newest_on_or_before(snapshot_days(cfg, name), as_of)
+
+
+def snapshot_days(cfg: Config, name: str) -> list[dt.date]:
+    """Every `dt=` folder of a table, sorted (one listing, however many days are asked about)."""
     fs, root = paths.filesystem_for(cfg.table_path(name))
     from pyarrow import fs as pafs
 
     if fs.get_file_info(root).type != pafs.FileType.Directory:
-        return None
+        return []
     days = []
     for info in fs.get_file_info(pafs.FileSelector(root)):
         base = info.base_name
         if info.type == pafs.FileType.Directory and base.startswith(f"{DT}="):
             try:
-                day = dt.date.fromisoformat(base[len(DT) + 1:])
+                days.append(dt.date.fromisoformat(base[len(DT) + 1:]))
             except ValueError:
                 continue
-            if day <= as_of:
-                days.append(day)
-    return max(days, default=None)
+    return sorted(days)
+
+
+def newest_on_or_before(days: Sequence[dt.date], as_of: dt.date) -> dt.date | None:
+    """The last of the sorted `days` that is on or before `as_of`, or None."""
+    position = bisect.bisect_right(days, as_of)
+    return days[position - 1] if position else None
 
 
 def write_days(frame: DataFrame, cfg: Config, name: str, files: int, partition_by: Sequence[str] = (DT,)) -> None:

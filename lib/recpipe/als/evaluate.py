@@ -22,10 +22,12 @@ POSITIVE_TYPES = ("click", "add_to_cart", "purchase")
 EVALUATOR_METRICS = {"recall": "recallAtK", "ndcg": "ndcgAtK", "map": "meanAveragePrecisionAtK"}
 
 
-def relevant_items(events: DataFrame, day: dt.date, positive_types: Iterable[str] = POSITIVE_TYPES) -> DataFrame:
-    """(user_idx, relevant): the distinct items each user engaged with positively on `day`."""
+def relevant_items(events: DataFrame, day: dt.date, positive_types: Iterable[str] = POSITIVE_TYPES,
+                   days: int = 1) -> DataFrame:
+    """(user_idx, relevant): the distinct items each user engaged with positively on `day`
+    and the `days` - 1 days after it."""
     start = dt.datetime.combine(day, dt.time())
-    end = start + dt.timedelta(days=1)
+    end = start + dt.timedelta(days=days)
     return (
         events
         .where((F.col(TS) >= F.lit(start)) & (F.col(TS) < F.lit(end)))

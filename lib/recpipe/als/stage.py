@@ -14,6 +14,7 @@ from recpipe.als.evaluate import popularity_lists, ranked_lists, relevant_items,
 from recpipe.als.interactions import RATING, build_interactions, seen_items
 from recpipe.als.topk import top_k_candidates
 from recpipe.config import AlsConfig, Config
+from recpipe.errors import ConfigError
 from recpipe.schema import ALS_SCORE, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recpipe.spark import blas_implementation
 
@@ -22,15 +23,19 @@ log = logging.getLogger("recpipe.als")
 EXPERIMENT = "recpipe-als"
 REGISTERED_MODEL = "als-candidates"
 OUTPUTS = ("user_factors", "item_factors", "candidates")
+EVAL_USERS = ("all", "warm")
 
 
 def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     """Train ALS on the `als.train_days` before `date`, publish factors and candidates, evaluate on `date`."""
     als_cfg = cfg.als
+    if als_cfg.eval_users not in EVAL_USERS:
+        raise ConfigError(f"als.eval_users must be one of {', '.join(EVAL_USERS)}, got {als_cfg.eval_users!r}")
     log.info("Spark ML BLAS: %s", blas_implementation(spark))
     spark.sparkContext.setCheckpointDir(paths.join_uri(cfg.paths.root, "_checkpoints", "als"))
 
-    events = io.read_days(spark, cfg, "events", date - dt.timedelta(days=als_cfg.train_days), date)
+    last_eval_day = date + dt.timedelta(days=cfg.evaluation.days - 1)
+    events = io.read_days(spark, cfg, "events", date - dt.timedelta(days=als_cfg.train_days), last_eval_day)
     interactions = build_interactions(
         events, als_cfg.confidence_weights, date, als_cfg.train_days, als_cfg.decay_half_life_days
     ).checkpoint()  # materialised and deterministic: ALS may recompute lost blocks from it
@@ -94,9 +99,13 @@ def evaluate(
     seen: DataFrame,
     candidates: DataFrame,
 ) -> dict[str, float]:
-    """ALS, popularity and (on generated data) the oracle, on the users active on D."""
+    """ALS, popularity and (on generated data) the oracle, on the users active in the
+    evaluation days (`als.eval_users: warm`: only those of them with a factor)."""
     ks = sorted(cfg.als.eval_ks)
-    relevant = relevant_items(events, date).cache()
+    relevant = relevant_items(events, date, days=cfg.evaluation.days)
+    if cfg.als.eval_users == "warm":
+        relevant = relevant.join(candidates.select(USER_IDX).distinct(), USER_IDX)
+    relevant = relevant.cache()
     catalogue_size = catalogue_items(spark, cfg, date)
     methods = {
         "als": ranked_lists(candidates, ALS_SCORE, max(ks)),

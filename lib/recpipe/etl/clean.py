@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Sequence
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -33,7 +34,7 @@ from recpipe.etl.quality import (Outcomes, build_report, count_outcomes, distinc
                                  write_report)
 from recpipe.etl.raw import parse_lines, read_catalogue, read_raw_lines
 from recpipe.etl.rejects import accepted_lines, check_rows, classify_lines, rejected_lines
-from recpipe.schema import (CATEGORY, EVENT_ID, EVENT_TYPE, EVENTS_SCHEMA, FIRST_SEEN, ITEM_ID, ITEM_IDX,
+from recpipe.schema import (CATEGORY, DT, EVENT_ID, LINE, EVENT_TYPE, EVENTS_SCHEMA, FIRST_SEEN, ITEM_ID, ITEM_IDX,
                             RAW_EVENT_SCHEMA, TS, USER_ID, USER_IDX)
 
 log = logging.getLogger("recpipe.clean")
@@ -59,59 +60,121 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
         ConfigError: `clean.required_fields` leaves out a field events cannot lack.
     """
     check_settings(cfg.clean)
-    checked, classified = classify_day(spark, cfg, date)
+    return clean_lines(spark, cfg, read_day_lines(spark, cfg, date), first=date, last=date, by_file_day=False)
+
+
+def run_range(spark: SparkSession, cfg: Config, first: dt.date, last: dt.date) -> dict:
+    """Clean the raw files of the days first..last in one job: the whole-history run's clean.
+
+    Years of history are thousands of day folders; one job per day would spend its time
+    starting jobs. The rules are those of `run`, with each line's own file day standing
+    in for D: a `ts` may lie up to the tolerance after the end of its file's day, a bot
+    verdict covers its user on that file day, and a re-sent event is a duplicate across
+    the whole range (and of the look-back days before `first`). Events and rejects land in
+    the `dt=` of their file. The dictionaries and the catalogue get one snapshot, dated
+    `last` (every id in it is first seen by `last`), and so does the quality report,
+    which covers the range.
+
+    Returns:
+        The quality report of the range (`quality/dt=<last>/quality.json`, and MLflow).
+    """
+    if last < first:
+        raise ConfigError(f"clean: the range {first}..{last} is empty")
+    check_settings(cfg.clean)
+    return clean_lines(spark, cfg, read_range_lines(spark, cfg, first, last), first=first, last=last,
+                       by_file_day=True)
+
+
+def clean_lines(spark: SparkSession, cfg: Config, lines: DataFrame, *, first: dt.date, last: dt.date,
+                by_file_day: bool) -> dict:
+    """Classify, reconcile and write `lines` (one day's, or with `by_file_day` several days'
+    carrying their `dt`); write and log the quality report dated `last`."""
+    checked, classified = classify(spark, cfg, lines, first=first, by_file_day=by_file_day)
     catalogue = clean_catalogue(read_raw_catalogue(spark, cfg)).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         lines_read = checked.count()  # a projection of the raw text: one row per line read
-        outcomes = count_outcomes(classified, day=date, event_types=cfg.clean.event_types)
+        outcomes = count_outcomes(classified, day=None if by_file_day else last, event_types=cfg.clean.event_types)
         reconcile(lines_read, outcomes)  # before anything is written
         checked.unpersist()
-        report = write_outputs(spark, cfg, date, classified, catalogue, lines_read=lines_read, outcomes=outcomes)
+        report = write_outputs(spark, cfg, last, classified, catalogue, lines_read=lines_read, outcomes=outcomes,
+                               by_file_day=by_file_day)
     finally:
         for frame in (checked, classified, catalogue):
             frame.unpersist()
-    location = write_report(cfg, date, report)
-    run_id = log_report(cfg, date, report)
-    log.info("clean %s: read %d lines, accepted %d, rejected %d %s; report %s, MLflow run %s", date,
+    if by_file_day:
+        report["first_date"] = first.isoformat()
+    location = write_report(cfg, last, report)
+    run_id = log_report(cfg, last, report)
+    span = f"{first}..{last}" if by_file_day else f"{last}"
+    log.info("clean %s: read %d lines, accepted %d, rejected %d %s; report %s, MLflow run %s", span,
              report["lines_read"], report["accepted"], report["rejected"], report["rejected_by_reason"], location,
              run_id)
     return report
 
 
-def classify_day(spark: SparkSession, cfg: Config, date: dt.date) -> tuple[DataFrame, DataFrame]:
-    """Day D's lines after the per-line checks, and classified; both persisted.
+def raw_days(cfg: Config) -> list[dt.date]:
+    """The days that have a raw events folder, sorted."""
+    return io.snapshot_days(cfg, "raw_events")
 
-    The classified frame feeds every count and output, so it is computed once.
+
+def read_range_lines(spark: SparkSession, cfg: Config, first: dt.date, last: dt.date) -> DataFrame:
+    """The raw lines of the days first..last (columns `line`, `dt`); DataError if there are none."""
+    days = [day for day in raw_days(cfg) if first <= day <= last]
+    if not days:
+        raise DataError(f"no raw events from {first} to {last} under {cfg.table_path('raw_events')}")
+    return (
+        spark.read.text(cfg.table_path("raw_events"))  # `dt` from the folder names
+        .where(F.col(DT).between(F.lit(first), F.lit(last)))
+        .withColumnRenamed("value", LINE)
+        .select(LINE, F.col(DT).cast("date").alias(DT))
+    )
+
+
+def classify(spark: SparkSession, cfg: Config, lines: DataFrame, *, first: dt.date,
+             by_file_day: bool) -> tuple[DataFrame, DataFrame]:
+    """The lines after the per-line checks, and classified; both persisted.
+
+    The classified frame feeds every count and output, so it is computed once. A single
+    day's lines are judged against D = `first`; with `by_file_day`, each against its `dt`.
     """
     settings = cfg.clean
     checked = check_rows(
-        parse_lines(read_day_lines(spark, cfg, date)),
+        parse_lines(lines),
         required_fields=settings.required_fields,
         event_types=settings.event_types,
-        day=date,
+        day=None if by_file_day else first,
         future_tolerance_minutes=settings.future_tolerance_minutes,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     classified = classify_lines(
         checked,
-        previous_event_ids(spark, cfg, date, settings.dedup_lookback_days),
+        previous_event_ids(spark, cfg, first, settings.dedup_lookback_days),
         bot_window_minutes=settings.bot_window_minutes,
         bot_max_events_per_window=settings.bot_max_events_per_window,
+        bot_per=(USER_ID, DT) if by_file_day else (USER_ID,),
     ).persist(StorageLevel.MEMORY_AND_DISK)
     return checked, classified
 
 
 def write_outputs(spark: SparkSession, cfg: Config, date: dt.date, classified: DataFrame, catalogue: DataFrame, *,
-                  lines_read: int, outcomes: Outcomes) -> dict:
-    """Write D's dictionaries, events, rejects and catalogue; return the quality report."""
+                  lines_read: int, outcomes: Outcomes, by_file_day: bool = False) -> dict:
+    """Write D's dictionaries, events, rejects and catalogue; return the quality report.
+
+    With `by_file_day`, `classified` holds several days' files (column `dt`): events and
+    rejects go to their file's day, and D is the last of them.
+    """
     settings = cfg.clean
+    day_column = (DT,) if by_file_day else ()
     accepted = accepted_lines(classified)
     dictionaries = update_dictionaries(
         spark, cfg, date,
         used={USERS: accepted.select(USER_ID), ITEMS: accepted.select(ITEM_ID)},
         listed={ITEMS: catalogue.select(ITEM_ID), CATEGORIES: catalogue.select(CATEGORY)},
     )
-    write_day(rejected_lines(classified), cfg, "rejects", date, rows=outcomes.rejected,
-              files=settings.rejects_files_per_day)
+    if by_file_day:
+        io.write_days(rejected_lines(classified, carry=day_column), cfg, "rejects", files=settings.rejects_files_per_day)
+    else:
+        write_day(rejected_lines(classified), cfg, "rejects", date, rows=outcomes.rejected,
+                  files=settings.rejects_files_per_day)
     indexed_catalogue = index_catalogue(catalogue, dictionaries[ITEMS], dictionaries[CATEGORIES])
     catalogue_items = indexed_catalogue.count()
     write_day(indexed_catalogue, cfg, "catalogue", date, rows=catalogue_items, files=settings.snapshot_files_per_day)
@@ -126,8 +189,11 @@ def write_outputs(spark: SparkSession, cfg: Config, date: dt.date, classified: D
     )
     # Last: a write to the events table makes Spark drop every cached plan that reads it,
     # and `classified` reads the look-back days; anything after this would recompute it.
-    events = index_events(accepted, dictionaries[USERS], dictionaries[ITEMS])
-    write_day(events, cfg, "events", date, rows=outcomes.accepted, files=settings.events_files_per_day)
+    events = index_events(accepted, dictionaries[USERS], dictionaries[ITEMS], carry=day_column)
+    if by_file_day:
+        io.write_days(events, cfg, "events", files=settings.events_files_per_day)
+    else:
+        write_day(events, cfg, "events", date, rows=outcomes.accepted, files=settings.events_files_per_day)
     return report
 
 
@@ -226,15 +292,16 @@ def key_union(key: str, *frames: DataFrame | None) -> DataFrame | None:
     return union
 
 
-def index_events(accepted: DataFrame, users: DataFrame, items: DataFrame) -> DataFrame:
-    """Accepted events with `user_idx` and `item_idx`, exactly the columns of EVENTS_SCHEMA."""
+def index_events(accepted: DataFrame, users: DataFrame, items: DataFrame, carry: Sequence[str] = ()) -> DataFrame:
+    """Accepted events with `user_idx` and `item_idx`, exactly the columns of EVENTS_SCHEMA
+    (and the `carry` columns, such as the `dt` of a multi-day clean)."""
     return (
         accepted
         .join(users.select(USER_ID, USER_IDX), USER_ID, "left")
         .join(items.select(ITEM_ID, ITEM_IDX), ITEM_ID, "left")
         .withColumn(USER_IDX, require_index(USER_IDX, USER_ID))
         .withColumn(ITEM_IDX, require_index(ITEM_IDX, ITEM_ID))
-        .select(*[F.col(field.name).cast(field.dataType) for field in EVENTS_SCHEMA.fields])
+        .select(*[F.col(field.name).cast(field.dataType) for field in EVENTS_SCHEMA.fields], *carry)
     )
 
 

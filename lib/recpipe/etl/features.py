@@ -297,18 +297,20 @@ def read_catalogue_days(spark: SparkSession, cfg: Config, days: list[dt.date]) -
     Raises:
         DataError: when no snapshot exists on or before the last day.
     """
-    snapshot_of = {day: io.latest_day(cfg, "catalogue", day) for day in days}
+    snapshots = io.snapshot_days(cfg, "catalogue")
+    snapshot_of = {day: io.newest_on_or_before(snapshots, day) for day in days}
     if snapshot_of[max(days)] is None:
         raise DataError(f"table 'catalogue' has no snapshot on or before {max(days)} at {cfg.table_path('catalogue')}")
     frames = []
     for snapshot in sorted({s for s in snapshot_of.values() if s is not None}):
+        # The days a snapshot covers are consecutive: a range, however long the history.
         covered = [epoch_day(day) for day, s in snapshot_of.items() if s == snapshot]
         catalogue = io.read_day(spark, cfg, "catalogue", snapshot)
         require_columns(catalogue, CATALOGUE_COLUMNS, f"features: catalogue snapshot {snapshot}")
         frames.append(
             catalogue
             .select(ITEM_IDX, CAT_IDX, F.col(PRICE).cast("double").alias(PRICE))
-            .withColumn(EVENT_DAY, F.explode(F.array(*[F.lit(d) for d in covered])))
+            .withColumn(EVENT_DAY, F.explode(F.sequence(F.lit(min(covered)), F.lit(max(covered)))))
         )
     out = frames[0]
     for frame in frames[1:]:
@@ -376,6 +378,12 @@ def check_config(fc: FeaturesConfig) -> None:
             raise bad(key, "must be at least 1")
 
 
+def check_eval_days(days: int) -> int:
+    if days < 1:
+        raise ConfigError(f"evaluation.days must be at least 1, got {days}")
+    return days
+
+
 def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     """Build the features, sequences and ranker samples as of `date` and write them.
 
@@ -385,22 +393,25 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     """
     fc = cfg.features
     check_config(fc)
+    eval_days = check_eval_days(cfg.evaluation.days)
     windows = tuple(fc.windows_days)
     cutoff_day, cutoff_ms = epoch_day(date), day_start_ms(date)
+    eval_end_ms = cutoff_ms + eval_days * DAY_MS  # valid/test: [D, D + evaluation.days)
     train_start = date - dt.timedelta(days=fc.train_days)
-    sample_days = [train_start + dt.timedelta(days=i) for i in range(fc.train_days + 1)]
+    sample_days = [train_start + dt.timedelta(days=i) for i in range(fc.train_days + eval_days)]
     # Events back to the lookback (or the longest window) before the first sample day, and
-    # after day D as far as the attribution window of its last impressions.
+    # after the evaluation days as far as the attribution window of their last impressions.
     first_day = train_start - dt.timedelta(days=max(fc.lookback_days, max(windows)))
-    events = read_events(spark, cfg, first_day, date, until_ms=cutoff_ms + DAY_MS + fc.attribution_minutes * 60_000)
+    events = read_events(spark, cfg, first_day, sample_days[-1],
+                         until_ms=eval_end_ms + fc.attribution_minutes * 60_000)
     catalogue_days = read_catalogue_days(spark, cfg, sample_days)
     # Categories come from D's snapshot for candidates and histories alike, so that the
     # attention compares like with like; prices follow each day's snapshot.
     item_categories = read_item_categories(spark, cfg, date)
 
     interactions = select_interactions(
-        events.where(F.col(TS_MS) < cutoff_ms + DAY_MS), item_categories, fc.history_event_types)
-    impressions = S.select_impressions(events, day_start_ms(train_start), cutoff_ms + DAY_MS)
+        events.where(F.col(TS_MS) < eval_end_ms), item_categories, fc.history_event_types)
+    impressions = S.select_impressions(events, day_start_ms(train_start), eval_end_ms)
     # Features are never asked as of a day after D, so day D's own activity is never summed.
     before_cutoff = events.where(F.col(TS_MS) < cutoff_ms)
     daily_users = daily_activity(before_cutoff, USER_IDX, fc.history_event_types)
@@ -446,6 +457,7 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
             date=date,
             train_start_ms=day_start_ms(train_start),
             cutoff_ms=cutoff_ms,
+            eval_end_ms=eval_end_ms,
             history_length=fc.history_length,
             attribution_minutes=fc.attribution_minutes,
             eval_split=fc.eval_split,
@@ -496,8 +508,9 @@ def write_samples_and_meta(samples: DataFrame, cfg: Config, date: dt.date, windo
         "user_dense_features": user_dense_names(windows),
         "item_dense_features": item_dense_names(windows),
         "attribution_minutes": fc.attribution_minutes,
-        # [first day, D]: train is the days before D, valid/test are day D.
+        # [first day, D]: train is the days before D, valid/test the evaluation days from D on.
         "train_window": [(date - dt.timedelta(days=fc.train_days)).isoformat(), date.isoformat()],
+        "eval_days": cfg.evaluation.days,
         "eval_split": fc.eval_split,
         "valid_share": fc.valid_share,
         "negative_sampling_rate": fc.negative_sampling_rate,

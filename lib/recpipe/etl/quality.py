@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from recpipe import paths
 from recpipe.config import Config
 from recpipe.errors import DataError
-from recpipe.schema import EVENT_TYPE, ITEM_ID, REJECT_REASON, REJECT_REASONS, TS, USER_ID
+from recpipe.schema import DT, EVENT_TYPE, ITEM_ID, REJECT_REASON, REJECT_REASONS, TS, USER_ID
 
 REPORT_FILE = "quality.json"
 EXPERIMENT = "recpipe-etl"
@@ -45,17 +45,22 @@ class Outcomes:
         return sum(self.rejected_by_reason.values())
 
 
-def count_outcomes(classified: DataFrame, *, day: dt.date, event_types: Sequence[str]) -> Outcomes:
+def count_outcomes(classified: DataFrame, *, day: dt.date | None, event_types: Sequence[str]) -> Outcomes:
     """Accepted events by type (and how many are late: `ts` before D), rejects by reason.
 
     Args:
         classified: one row per line read, `reject_reason` null for accepted events.
-        day: the day D; an accepted event with `ts` before D's UTC midnight is late.
+        day: the day D; an accepted event with `ts` before D's UTC midnight is late. None
+            when several days are cleaned at once: each row's own `dt` is its D.
         event_types: the accepted types, reported with zeros where absent.
     """
-    midnight = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+    if day is not None:
+        midnight = dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc)
+        midnight_micros = F.lit(int(midnight.timestamp()) * 1_000_000)
+    else:
+        midnight_micros = F.unix_date(F.col(DT)).cast("long") * F.lit(86_400_000_000)
     accepted = F.col(REJECT_REASON).isNull()
-    late = accepted & (F.unix_micros(F.col(TS)) < F.lit(int(midnight.timestamp()) * 1_000_000))
+    late = accepted & (F.unix_micros(F.col(TS)) < midnight_micros)
     rows = (
         classified
         .groupBy(REJECT_REASON, F.when(accepted, F.col(EVENT_TYPE)).alias(EVENT_TYPE), late.alias(_LATE))

@@ -40,21 +40,23 @@ def parse_lines(lines: DataFrame) -> DataFrame:
     """Parse each line as a JSON object whose fields are all read as text.
 
     Args:
-        lines: a frame with column `line`.
+        lines: a frame with column `line`; any other column is carried through.
 
     Returns:
-        One row per input row: `line`, `_json_ok` (false for anything but one JSON
+        One row per input row: `line`, the carried columns, `_json_ok` (false for anything but one JSON
         object: blank lines, truncated objects, arrays, scalars) and the fields of
         `RAW_EVENT_SCHEMA` as strings. A number or a nested object where a string
         belongs arrives as its JSON text; an absent or null field is null.
     """
     schema = T.StructType(RAW_EVENT_SCHEMA.fields + [T.StructField(CORRUPT, T.StringType())])
     parsed = F.col(_PARSED)
+    carried = [name for name in lines.columns if name != LINE]  # e.g. the `dt` of a multi-day read
     return (
         lines
         .withColumn(_PARSED, F.from_json(F.col(LINE), schema, JSON_OPTIONS))
         .select(
             LINE,
+            *carried,
             is_json_object(F.col(LINE), parsed).alias(JSON_OK),
             *[parsed[field.name].alias(field.name) for field in RAW_EVENT_SCHEMA.fields],
         )

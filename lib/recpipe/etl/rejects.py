@@ -31,7 +31,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from recpipe.etl.raw import JSON_OK
-from recpipe.schema import (EVENT_ID, EVENT_TYPE, LINE, POSITION, PRICE, RATING, REJECT_FIELD, REJECT_REASON, TS,
+from recpipe.schema import (DT, EVENT_ID, EVENT_TYPE, LINE, POSITION, PRICE, RATING, REJECT_FIELD, REJECT_REASON, TS,
                             USER_ID)
 
 MALFORMED_JSON = "malformed_json"
@@ -117,15 +117,25 @@ def day_end_limit_micros(day: dt.date, future_tolerance_minutes: int) -> int:
     return int((end + dt.timedelta(minutes=future_tolerance_minutes)).timestamp()) * 1_000_000
 
 
-def check_rows(parsed: DataFrame, *, required_fields: Sequence[str], event_types: Sequence[str], day: dt.date,
-               future_tolerance_minutes: int) -> DataFrame:
+def day_end_limit(day: dt.date | None, future_tolerance_minutes: int) -> Column:
+    """The latest acceptable `ts` in epoch microseconds: the end of `day` plus the tolerance,
+    or, with no day, the end of each row's own `dt` (the file it came from) plus the tolerance."""
+    if day is not None:
+        return F.lit(day_end_limit_micros(day, future_tolerance_minutes))
+    next_midnight = (F.unix_date(F.col(DT)).cast("long") + F.lit(1)) * F.lit(86_400_000_000)
+    return next_midnight + F.lit(future_tolerance_minutes * 60_000_000)
+
+
+def check_rows(parsed: DataFrame, *, required_fields: Sequence[str], event_types: Sequence[str],
+               day: dt.date | None, future_tolerance_minutes: int) -> DataFrame:
     """Reasons 1-6, which need only the line itself, and the typed event values.
 
     Args:
         parsed: output of `raw.parse_lines`.
         required_fields: raw fields that must be present and non-blank.
         event_types: the accepted event types.
-        day: the day D whose file is being cleaned.
+        day: the day D whose file is being cleaned; None for several days' files, whose
+            rows then carry their file's day as `dt`.
         future_tolerance_minutes: how far after the end of D (UTC) a `ts` may lie.
 
     Returns:
@@ -141,7 +151,7 @@ def check_rows(parsed: DataFrame, *, required_fields: Sequence[str], event_types
     }
     missing = first_field(required_fields, is_blank)
     invalid = first_field(NUMERIC_FIELDS, lambda name: F.col(name).isNotNull() & F.col(typed(name)).isNull())
-    latest = F.lit(day_end_limit_micros(day, future_tolerance_minutes))
+    latest = day_end_limit(day, future_tolerance_minutes)
     ts = F.col(typed(TS))
     rules = [
         (~F.col(JSON_OK), MALFORMED_JSON, F.lit(LINE)),
@@ -164,7 +174,7 @@ def check_rows(parsed: DataFrame, *, required_fields: Sequence[str], event_types
 
 
 def classify_lines(checked: DataFrame, seen_event_ids: DataFrame, *, bot_window_minutes: int,
-                   bot_max_events_per_window: int) -> DataFrame:
+                   bot_max_events_per_window: int, bot_per: Sequence[str] = (USER_ID,)) -> DataFrame:
     """Reasons 7-8 on the lines that passed `check_rows`; every line keeps one row.
 
     Args:
@@ -172,6 +182,8 @@ def classify_lines(checked: DataFrame, seen_event_ids: DataFrame, *, bot_window_
         seen_event_ids: column `event_id`, the events accepted on the look-back days.
         bot_window_minutes: tumbling window length for the per-user rate.
         bot_max_events_per_window: more events than this in one window makes a bot.
+        bot_per: what a bot verdict covers: the user (one day's file), or the user and
+            `dt` when several days are cleaned at once.
 
     Returns:
         The rows of `checked` (same columns), with the final `reject_reason` and
@@ -182,16 +194,19 @@ def classify_lines(checked: DataFrame, seen_event_ids: DataFrame, *, bot_window_
     # in one window partition.
     survivors = mark_duplicates(checked.where(F.col(REJECT_REASON).isNull()), seen_event_ids)
     bots = bot_users(survivors.where(F.col(REJECT_REASON).isNull()), window_minutes=bot_window_minutes,
-                     max_events=bot_max_events_per_window)
+                     max_events=bot_max_events_per_window, per=bot_per)
     return rejected.unionByName(mark_bots(survivors, bots))
 
 
 def mark_duplicates(survivors: DataFrame, seen_event_ids: DataFrame) -> DataFrame:
     """Reject re-sent events: ids seen on earlier days, and every same-day copy but one.
 
-    The copy kept is the first by (`ts`, `line`), so reruns keep the same one.
+    The copy kept is the first by (`dt` when several days are cleaned, `ts`, `line`), so
+    reruns keep the same one.
     """
-    first_delivery = Window.partitionBy(EVENT_ID).orderBy(TS, LINE)
+    # A multi-day clean keeps the copy of the earliest file day, where a daily clean would have.
+    by_file_day = [DT] if DT in survivors.columns else []
+    first_delivery = Window.partitionBy(EVENT_ID).orderBy(*by_file_day, TS, LINE)
     seen = seen_event_ids.select(EVENT_ID).distinct().withColumn(_SEEN_BEFORE, F.lit(True))
     duplicate = F.coalesce(F.col(_SEEN_BEFORE), F.lit(False)) | (F.col(_DELIVERY) > 1)  # reads no reject column
     return (
@@ -204,8 +219,10 @@ def mark_duplicates(survivors: DataFrame, seen_event_ids: DataFrame) -> DataFram
     )
 
 
-def bot_users(events: DataFrame, *, window_minutes: int, max_events: int) -> DataFrame:
-    """Users with more than `max_events` events in some tumbling window (column `user_id`).
+def bot_users(events: DataFrame, *, window_minutes: int, max_events: int,
+              per: Sequence[str] = (USER_ID,)) -> DataFrame:
+    """Users with more than `max_events` events in some tumbling window (columns `per`:
+    `user_id`, and `dt` when several days' files are cleaned together).
 
     A grouped count, not a window function over users: partial aggregation folds a
     bot's thousands of events into one row per window before the shuffle, so one
@@ -214,10 +231,10 @@ def bot_users(events: DataFrame, *, window_minutes: int, max_events: int) -> Dat
     window = F.floor(F.unix_seconds(F.col(TS)) / F.lit(window_minutes * 60))
     return (
         events
-        .groupBy(USER_ID, window.alias(_WINDOW))
+        .groupBy(*per, window.alias(_WINDOW))
         .count()
         .where(F.col("count") > max_events)
-        .select(USER_ID)
+        .select(*per)
         .distinct()
     )
 
@@ -229,7 +246,7 @@ def mark_bots(survivors: DataFrame, bots: DataFrame) -> DataFrame:
     return (
         survivors
         # A handful of users by construction: broadcast, so no shuffle by user at all.
-        .join(F.broadcast(flagged), USER_ID, "left")
+        .join(F.broadcast(flagged), bots.columns, "left")
         .withColumn(_IS_BOT, F.col(REJECT_REASON).isNull() & F.coalesce(F.col(_IS_BOT), F.lit(False)))
         .withColumn(REJECT_REASON, F.when(is_bot, F.lit(BOT_TRAFFIC)).otherwise(F.col(REJECT_REASON)))
         .withColumn(REJECT_FIELD, F.when(is_bot, F.lit(USER_ID)).otherwise(F.col(REJECT_FIELD)))
@@ -241,6 +258,7 @@ def accepted_lines(classified: DataFrame) -> DataFrame:
     return classified.where(F.col(REJECT_REASON).isNull())
 
 
-def rejected_lines(classified: DataFrame) -> DataFrame:
-    """The rejects table's rows: the original line, the reason and the field at fault."""
-    return classified.where(F.col(REJECT_REASON).isNotNull()).select(LINE, REJECT_REASON, REJECT_FIELD)
+def rejected_lines(classified: DataFrame, carry: Sequence[str] = ()) -> DataFrame:
+    """The rejects table's rows: the original line, the reason and the field at fault
+    (and the `carry` columns, such as the `dt` of a multi-day clean)."""
+    return classified.where(F.col(REJECT_REASON).isNotNull()).select(LINE, REJECT_REASON, REJECT_FIELD, *carry)

@@ -98,22 +98,25 @@ def label_impressions(impressions: DataFrame, events: DataFrame, attribution_min
     )
 
 
-def assign_splits(labelled: DataFrame, cutoff_ms: int, eval_split: str, valid_share: float, seed: int) -> DataFrame:
-    """Add `split` by time: before the cut-off is train; day D goes to valid or test.
+def assign_splits(labelled: DataFrame, cutoff_ms: int, eval_split: str, valid_share: float, seed: int,
+                  eval_end_ms: int | None = None) -> DataFrame:
+    """Add `split` by time: before the cut-off is train; the evaluation days go to valid or test.
 
     Args:
-        labelled: impressions of the train window and of day D, with `user_idx`, `ts_ms`.
+        labelled: impressions of the train window and of the evaluation days, with `user_idx`, `ts_ms`.
         cutoff_ms: D 00:00 UTC in epoch ms.
         eval_split: `user_hash` (a seeded hash of user_idx below `valid_share` is valid, so a
-            user's day is never split between valid and test) or `time` (the first
-            `valid_share` of day D is valid).
-        valid_share: share of day D (users or time) in valid.
+            user's evaluation rows are never split between valid and test) or `time` (the
+            first `valid_share` of the evaluation days is valid).
+        valid_share: share of the evaluation days (users or time) in valid.
         seed: hash seed.
+        eval_end_ms: end of the evaluation days; default one day after the cut-off.
     """
+    eval_ms = (eval_end_ms if eval_end_ms is not None else cutoff_ms + DAY_MS) - cutoff_ms
     if eval_split == "user_hash":
         to_valid = _uniform(F.lit("valid"), F.col(USER_IDX), F.lit(seed)) < valid_share
     elif eval_split == "time":
-        to_valid = F.col(TS_MS) < F.lit(cutoff_ms + int(valid_share * DAY_MS))
+        to_valid = F.col(TS_MS) < F.lit(cutoff_ms + int(valid_share * eval_ms))
     else:
         raise ValueError(f"unknown eval_split {eval_split!r}; expected one of {EVAL_SPLITS}")
     return labelled.withColumn(
@@ -139,12 +142,12 @@ def downsample_negatives(samples: DataFrame, rate: float, seed: int) -> DataFram
 
 def build_samples(impressions: DataFrame, events: DataFrame, interactions: DataFrame, user_dense: DataFrame,
                   item_dense: DataFrame, item_categories: DataFrame, *, date: dt.date, train_start_ms: int,
-                  cutoff_ms: int, history_length: int, attribution_minutes: int, eval_split: str,
+                  cutoff_ms: int, eval_end_ms: int, history_length: int, attribution_minutes: int, eval_split: str,
                   valid_share: float, negative_sampling_rate: float, seed: int) -> DataFrame:
-    """The ranker samples of the train window and of day D.
+    """The ranker samples of the train window and of the evaluation days from D on.
 
     Args:
-        impressions: `select_impressions` over [train_start_ms, cutoff_ms + 1 day).
+        impressions: `select_impressions` over [train_start_ms, eval_end_ms).
         events: events with `ts_ms` from the train window's start to the attribution window after
             day D: the clicks that label the impressions.
         interactions: `select_interactions` before the end of day D.
@@ -158,7 +161,7 @@ def build_samples(impressions: DataFrame, events: DataFrame, interactions: DataF
     """
     kept = (
         label_impressions(impressions, events, attribution_minutes)
-        .transform(lambda f: assign_splits(f, cutoff_ms, eval_split, valid_share, seed))
+        .transform(lambda f: assign_splits(f, cutoff_ms, eval_split, valid_share, seed, eval_end_ms))
         .transform(lambda f: downsample_negatives(f, negative_sampling_rate, seed))
     )
     return (

@@ -75,7 +75,8 @@ def als_runs(cfg: Config, up_to: dt.date) -> list[dt.date]:
 
 def als_day_for(sample_days: Sequence[dt.date], runs: Sequence[dt.date]) -> dict[dt.date, dt.date | None]:
     """For each sample day d, the newest ALS run a <= d (None when there is none)."""
-    return {d: max((a for a in runs if a <= d), default=None) for d in sample_days}
+    ordered = sorted(runs)
+    return {d: io.newest_on_or_before(ordered, d) for d in sample_days}
 
 
 # --- transforms ----------------------------------------------------------------------
@@ -209,11 +210,12 @@ def build_ranker_input(spark: SparkSession, cfg: Config, date: dt.date, meta: Ma
     require_columns(samples, [*SAMPLE_COLUMNS, SPLIT], f"train: samples of {date}")
     user_dim, item_dim = len(meta["user_dense_features"]), len(meta["item_dense_features"])
     first = dt.date.fromisoformat(meta["train_window"][0]) if meta.get("train_window") else date
-    sample_days = [first + dt.timedelta(days=i) for i in range((date - first).days + 1)]
-    runs = als_runs(cfg, date)
+    sample_days = [first + dt.timedelta(days=i) for i in range((date - first).days + meta.get("eval_days", 1))]
+    runs = als_runs(cfg, date)  # none after D: every evaluation row is scored by a model trained before D
     mapping = als_day_for(sample_days, runs)
     used = sorted({a for a in mapping.values() if a is not None})
-    log.info("ALS runs used per sample day: %s", {d.isoformat(): a and a.isoformat() for d, a in mapping.items()})
+    log.info("ALS runs used for the samples of %s..%s: %s", sample_days[0], sample_days[-1],
+             [a.isoformat() for a in used] or "none")
 
     scored = (
         samples

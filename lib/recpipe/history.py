@@ -1,0 +1,91 @@
+"""`recpipe history --cutoff D`: the whole-history run, for data that spans years.
+
+The nightly cleans one day and trains on a window of days before it. A data set such as
+MovieLens is years of ratings delivered at once, so this run instead:
+
+1. cleans everything before D in one job, then everything from D on in a second one
+   (`clean.run_range`): two dictionary and catalogue snapshots, the first of which, dated
+   D - 1, is the one the features as of D read;
+2. sets the windows from the days the raw log holds: the train windows of the features
+   and of ALS reach back to its first day, the look-back covers all of it, and
+   `evaluation.days` runs from D to its last day (a temporal split: everything before the
+   cut-off trains, everything from it on evaluates);
+3. runs the unchanged stages `features`, `als` and `train` for D.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+
+from pyspark.sql import SparkSession
+
+from recpipe.config import Config
+from recpipe.errors import ConfigError, DataError
+from recpipe.etl import clean
+from recpipe.pipeline import StageResult, format_results, run_stages
+
+log = logging.getLogger("recpipe.history")
+
+STAGES = ("features", "als", "train")
+
+
+def cutoff_date(cfg: Config, cutoff: dt.date | None) -> dt.date:
+    """The command line's --cutoff, else `history.cutoff`; ConfigError when neither is set."""
+    if cutoff is not None:
+        return cutoff
+    if not cfg.history.cutoff:
+        raise ConfigError("history: no cut-off; pass --cutoff YYYY-MM-DD or set history.cutoff")
+    try:
+        return dt.date.fromisoformat(cfg.history.cutoff)
+    except ValueError:
+        raise ConfigError(f"history.cutoff: {cfg.history.cutoff!r} is not a date (YYYY-MM-DD)") from None
+
+
+def data_span(cfg: Config, cutoff: dt.date) -> tuple[dt.date, dt.date]:
+    """The first and last day of the raw log; DataError unless D leaves days on both sides."""
+    days = clean.raw_days(cfg)
+    if not days:
+        raise DataError(f"history: no raw events under {cfg.table_path('raw_events')}")
+    first, last = days[0], days[-1]
+    if not first < cutoff <= last:
+        raise DataError(f"history: cut-off {cutoff} must lie after the first day {first} and on or before "
+                        f"the last day {last} of the raw events")
+    return first, last
+
+
+def whole_history_config(cfg: Config, cutoff: dt.date, first: dt.date, last: dt.date) -> Config:
+    """`cfg` with its windows stretched over the data: train on every day before D,
+    evaluate on every day from D on."""
+    train_days = (cutoff - first).days
+    eval_days = (last - cutoff).days + 1
+    return dataclasses.replace(
+        cfg,
+        features=dataclasses.replace(cfg.features, train_days=train_days, lookback_days=train_days + eval_days),
+        als=dataclasses.replace(cfg.als, train_days=train_days),
+        evaluation=dataclasses.replace(cfg.evaluation, days=eval_days),
+    )
+
+
+def run(spark: SparkSession, cfg: Config, cutoff: dt.date | None = None) -> list[StageResult]:
+    """Clean the whole log in two jobs, then build features, ALS and the ranker as of D.
+
+    Returns:
+        One result per step (`clean` twice, then each stage), for `format_results`.
+    """
+    cutoff = cutoff_date(cfg, cutoff)
+    first, last = data_span(cfg, cutoff)
+    history_cfg = whole_history_config(cfg, cutoff, first, last)
+    log.info("whole history: train %s..%s (%d days), evaluate %s..%s (%d days)", first,
+             cutoff - dt.timedelta(days=1), history_cfg.features.train_days, cutoff, last,
+             history_cfg.evaluation.days)
+    results = []
+    for start, end in ((first, cutoff - dt.timedelta(days=1)), (cutoff, last)):
+        started = time.perf_counter()
+        report = clean.run_range(spark, history_cfg, start, end)
+        results.append(StageResult("clean", end, time.perf_counter() - started, "ok", report))
+    results += run_stages(spark, history_cfg, [cutoff], STAGES)
+    log.info("whole history as of %s done\n%s", cutoff, format_results(results))
+    return results
