@@ -12,7 +12,7 @@ SETUP_HASH := $(shell cat constraints.txt requirements.txt setup.py scripts/setu
 STAMP := $(VENV)/.setup-$(SETUP_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test nightly mlflow-server cluster-up cluster-down dist clean-data clean
+.PHONY: help setup run test report nightly mlflow-server cluster-up cluster-down dist clean-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,11 @@ run: setup  ## generate the default data set and run every pipeline stage locall
 
 test: setup  ## run the test suite (real Spark, MLflow, Petastorm; no GPU)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+MOVIELENS_CONF ?= conf/movielens.yaml
+MOVIELENS ?= ../shared/datasets/ml-latest-small.zip
+report: setup  ## whole-history run on MovieLens (MOVIELENS=zip or folder) and docs/results.md
+	@bash scripts/report.sh $(MOVIELENS_CONF) $(MOVIELENS) docs/results.md $(SET_ARGS)
 
 nightly: setup  ## the nightly for DATE=YYYY-MM-DD: clean, features, als, train, promote, score
 	@test -n "$(DATE)" || { echo "usage: make nightly DATE=YYYY-MM-DD [CONF=...] [SET=...]"; exit 2; }

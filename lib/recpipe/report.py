@@ -1,0 +1,265 @@
+"""`recpipe report`: the quality report of a whole-history run, as Markdown.
+
+It reads what `recpipe history` left (the ALS and ranker runs in MLflow, the samples'
+metadata, the ranker's valid and test rows) and adds two things of its own:
+
+* the per-user leave-last-out variant of the retrieval protocol: each user with at least
+  `history.leave_last_out_min_positives` positives holds out the last one; ALS (same
+  settings) and popularity are fitted on everything else and ranked for that one item;
+* logloss for the two baselines that score but do not predict (the ALS score and item
+  popularity): each is turned into a probability by a one-feature logistic regression
+  (Platt scaling) fitted on the valid split, then scored on test like the networks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from recpipe import io, paths
+from recpipe.als import stage as als_stage
+from recpipe.als.evaluate import POSITIVE_TYPES, RELEVANT, popularity_lists, ranked_lists, retrieval_metrics
+from recpipe.als.interactions import build_interactions, seen_items
+from recpipe.als.topk import top_k_candidates
+from recpipe.config import Config
+from recpipe.errors import DataError
+from recpipe.etl.samples import read_meta
+from recpipe.history import cutoff_date, data_span, whole_history_config
+from recpipe.ranker import stage as ranker_stage
+from recpipe.schema import ALS_SCORE, EVENT_TYPE, ITEM_DENSE, ITEM_IDX, LABEL, TS, USER_IDX
+
+log = logging.getLogger("recpipe.report")
+
+REPORT_KS = (10, 50)
+RANKER_METHODS = (("attention", "attention (DIN target attention)"), ("mean", "mean pooling (BaseModel)"),
+                  ("als", "ALS score"), ("popularity", "item popularity"))
+_HELD_SINCE = "_held_since"
+
+
+# --- what the history run logged -----------------------------------------------------
+
+def run_metrics(cfg: Config, experiment: str, date: dt.date) -> dict[str, float]:
+    """Metrics of the newest finished run of `experiment` tagged with `date`."""
+    import mlflow
+
+    from recpipe.tracking import tracking_uri
+
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs(
+        [found.experiment_id], filter_string=f"tags.date = '{date.isoformat()}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    ) if found else []
+    if not runs:
+        raise DataError(f"report: no finished {experiment} run for {date}; run `recpipe history` first")
+    return dict(runs[0].data.metrics)
+
+
+# --- leave-last-out retrieval --------------------------------------------------------
+
+def hold_out_last_positive(events: DataFrame, min_positives: int) -> DataFrame:
+    """(user_idx, relevant = [item], _held_since): each qualifying user's last positive item,
+    and the time from which that user's events are held out (the first event on it)."""
+    positives = events.where(F.col(EVENT_TYPE).isin(list(POSITIVE_TYPES)))
+    newest_first = Window.partitionBy(USER_IDX).orderBy(F.desc(TS), F.desc(ITEM_IDX))
+    last = (
+        positives
+        .withColumn("_n", F.row_number().over(newest_first))
+        .withColumn("_positives", F.count(F.lit(1)).over(Window.partitionBy(USER_IDX)))
+        .where((F.col("_n") == 1) & (F.col("_positives") >= min_positives))
+        .select(USER_IDX, ITEM_IDX)
+    )
+    first_touch = events.join(last, [USER_IDX, ITEM_IDX]).groupBy(USER_IDX, ITEM_IDX).agg(F.min(TS).alias(_HELD_SINCE))
+    return first_touch.select(USER_IDX, F.array(F.col(ITEM_IDX)).alias(RELEVANT), _HELD_SINCE)
+
+
+def training_events(events: DataFrame, held: DataFrame) -> DataFrame:
+    """Every event but the held-out users' events from their held item's first touch on."""
+    return (
+        events
+        .join(held.select(USER_IDX, _HELD_SINCE), USER_IDX, "left")
+        .where(F.col(_HELD_SINCE).isNull() | (F.col(TS) < F.col(_HELD_SINCE)))
+        .drop(_HELD_SINCE)
+    )
+
+
+def leave_last_out(spark: SparkSession, cfg: Config, first: dt.date, last: dt.date) -> dict[str, float]:
+    """ALS and popularity under per-user leave-last-out, at `REPORT_KS`."""
+    events = io.read_days(spark, cfg, "events", first, last)
+    held = hold_out_last_positive(events, cfg.history.leave_last_out_min_positives).cache()
+    end = last + dt.timedelta(days=1)
+    interactions = build_interactions(
+        training_events(events, held), cfg.als.confidence_weights, end, (end - first).days
+    ).checkpoint()
+    model = als_stage.fit_als(interactions, cfg.als, blocks=max(spark.sparkContext.defaultParallelism, 2))
+    seen = seen_items(interactions)
+    max_k = max(REPORT_KS)
+    candidates = top_k_candidates(model.userFactors, model.itemFactors, seen if cfg.als.exclude_seen else None,
+                                  max_k, cfg.als.item_block_size)
+    relevant = held.select(USER_IDX, RELEVANT)
+    methods = {
+        "als": ranked_lists(candidates, ALS_SCORE, max_k),
+        "popularity": popularity_lists(interactions, seen if cfg.als.exclude_seen else seen.limit(0),
+                                       relevant.select(USER_IDX), max_k),
+    }
+    catalogue_size = als_stage.catalogue_items(spark, cfg, last)
+    metrics = {"users": float(held.count()), "interactions": float(interactions.count())}
+    for method, predictions in methods.items():
+        for name, value in retrieval_metrics(predictions, relevant, REPORT_KS, catalogue_size).items():
+            metrics[f"{method}_{name}"] = value
+    held.unpersist()
+    return metrics
+
+
+# --- baselines' logloss ----------------------------------------------------------------
+
+def platt_logloss(valid_scores: np.ndarray, valid_labels: np.ndarray, test_scores: np.ndarray,
+                  test_labels: np.ndarray) -> float:
+    """Logloss on test of a score mapped to a probability by logistic regression on valid."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    if len(np.unique(valid_labels)) < 2 or len(test_labels) == 0:
+        return float("nan")
+    scaler = LogisticRegression(C=1e6).fit(valid_scores.reshape(-1, 1), valid_labels)
+    return float(log_loss(test_labels, scaler.predict_proba(test_scores.reshape(-1, 1))[:, 1], labels=[0, 1]))
+
+
+def baseline_loglosses(cfg: Config, date: dt.date, meta: Mapping) -> dict[str, float]:
+    """`test_<baseline>_logloss` of the ALS score and popularity after Platt scaling."""
+    from recpipe.ranker.data import read_split
+    from recpipe.ranker.inputs import split_location
+
+    popularity = ranker_stage.popularity_index(cfg.ranker, meta, date)
+    splits = {}
+    for split in ("valid", "test"):
+        arrays = read_split(split_location(cfg, date, split), (LABEL, ALS_SCORE, ITEM_DENSE))
+        splits[split] = (arrays[LABEL].astype(int), {"als": arrays[ALS_SCORE].astype(np.float64),
+                                                    "popularity": arrays[ITEM_DENSE][:, popularity].astype(np.float64)})
+    (valid_labels, valid), (test_labels, test) = splits["valid"], splits["test"]
+    return {f"test_{name}_logloss": platt_logloss(valid[name], valid_labels, test[name], test_labels) for name in test}
+
+
+# --- the Markdown ----------------------------------------------------------------------
+
+def _f(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def retrieval_table(metrics: Mapping[str, float], methods: Mapping[str, str]) -> list[str]:
+    header = " | ".join(f"{m.upper()}@{k}" for k in REPORT_KS for m in ("recall", "ndcg", "map"))
+    lines = [f"| | {header} |", "|---" * (1 + 3 * len(REPORT_KS)) + "|"]
+    for method, label in methods.items():
+        cells = " | ".join(_f(metrics.get(f"{method}_{m}_at_{k}")) for k in REPORT_KS for m in ("recall", "ndcg", "map"))
+        lines.append(f"| {label} | {cells} |")
+    return lines
+
+
+def render(*, cutoff: dt.date, first: dt.date, last: dt.date, ingest: Mapping, meta: Mapping,
+           als: Mapping[str, float], loo: Mapping[str, float], ranker: Mapping[str, float], command: str) -> str:
+    rows, positives = meta["rows"], meta["positives"]
+    train_days = (cutoff - first).days
+    lines = [
+        "# Results on MovieLens (ml-latest-small)",
+        "",
+        f"Produced by `{command}`: the unchanged pipeline on real ratings, run as one whole history.",
+        "Every figure below comes from that run; nothing is copied by hand.",
+        "",
+        "## Data",
+        "",
+        f"- Source: `{Path(ingest['source']).name}` ({ingest['format']} layout): {ingest['ratings']:,} ratings by "
+        f"{ingest['users']:,} users of {ingest['rated_movies']:,} movies; {ingest['catalogue_items']:,} movies in the "
+        f"catalogue; {ingest['days']:,} days with ratings, {ingest['first_day']} to {ingest['last_day']}.",
+        f"- Labels (the DIN paper's MovieLens rule): every rating is an impression, a rating of 4 or more also a "
+        f"click: {ingest['clicks']:,} clicks ({ingest['clicks'] / max(ingest['ratings'], 1):.1%}).",
+        f"- Malformed source lines: {ingest['malformed'] or 'none'}.",
+        f"- Temporal split at **{cutoff}**: ratings before it train ({first} to {cutoff - dt.timedelta(days=1)}, "
+        f"{train_days:,} days), ratings from it on evaluate ({cutoff} to {last}).",
+        f"- Ranker rows: train {rows['train']:,} ({positives['train']:,} clicks), valid {rows['valid']:,} "
+        f"({positives['valid']:,}), test {rows['test']:,} ({positives['test']:,}); the raters after the cut-off are "
+        f"split in half by a seeded hash of the user (`features.eval_split: {meta['eval_split']}`).",
+        "",
+        "## Candidates: ALS vs popularity",
+        "",
+        f"Temporal split. Relevant items: each user's clicks (ratings of 4+) from {cutoff} on. Averaged over the "
+        f"{int(als['eval_users'])} users who rated after the cut-off *and* have an ALS factor (`als.eval_users: warm`: "
+        "ALS cannot rank for a user it never saw; popularity is measured on the same users). Items the user "
+        "interacted with before the cut-off are excluded from both lists. "
+        f"ALS trained on {int(als['interactions']):,} user-item pairs.",
+        "",
+        *retrieval_table(als, {"als": "ALS", "popularity": "popularity"}),
+        "",
+        f"Per-user leave-last-out: each of the {int(loo['users'])} users with at least "
+        "two clicks holds out the last one (and everything they did from their first event on that movie on); "
+        f"ALS (same settings) and popularity are fitted on the rest ({int(loo['interactions']):,} pairs) and must "
+        "rank the one held-out movie, so Recall@K is the hit rate.",
+        "",
+        *retrieval_table(loo, {"als": "ALS", "popularity": "popularity"}),
+        "",
+        "## Ranker: target attention vs mean pooling vs the baselines",
+        "",
+        f"The test split: {int(ranker['test_rows']):,} rows of {int(ranker['test_users'])} users. Every method is "
+        "scored on the same rows. gAUC is the impression-weighted mean of per-user AUCs over users with both "
+        "labels. The ALS score and popularity are scores, not probabilities: their logloss is after Platt "
+        "scaling fitted on the valid split.",
+        "",
+        "| method | AUC | gAUC | logloss |",
+        "|---|---|---|---|",
+    ]
+    for method, label in RANKER_METHODS:
+        lines.append(f"| {label} | {_f(ranker.get(f'test_{method}_auc'))} | {_f(ranker.get(f'test_{method}_gauc'))} | "
+                     f"{_f(ranker.get(f'test_{method}_logloss'))} |")
+    lines += [
+        "",
+        "## Published reference points, and why they are not the same experiment",
+        "",
+        "The DIN paper (Zhou et al., KDD 2018, table 3) reports user-weighted AUC on MovieLens-20M: "
+        "BaseModel 0.7300, DIN 0.7337, DIN with Dice 0.7348. Those figures are not comparable to the table above:",
+        "",
+        "- data: MovieLens-20M (138 k users, 20 M ratings) against ml-latest-small (610 users, 100 k ratings);",
+        "- split: the paper splits by user (100 k users train, 38 k test), so test users are unseen and their "
+        "histories complete; here the split is in time, so training never sees the future;",
+        "- features: the paper uses the movie id and its genres for candidate and history; here the category is "
+        "the first genre only, and the networks also see dense activity features (and, where ALS ran before the "
+        "train days, the ALS score);",
+        "- metric: the paper's user-weighted AUC is the gAUC above in spirit (impression-weighted per-user AUC), "
+        "over far more users.",
+        "",
+        "What carries over is the comparison, not the level: attention over the history against mean pooling "
+        "with the same budget.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_results(spark: SparkSession, cfg: Config, cutoff: dt.date | None, output: str,
+                  command: str = "make report") -> str:
+    """Gather the history run's figures, add leave-last-out and the baselines' logloss,
+    write the Markdown to `output`; returns its path."""
+    cutoff = cutoff_date(cfg, cutoff)
+    first, last = data_span(cfg, cutoff)
+    history_cfg = whole_history_config(cfg, cutoff, first, last)
+    spark.sparkContext.setCheckpointDir(paths.join_uri(cfg.paths.root, "_checkpoints", "report"))
+    meta = read_meta(history_cfg, cutoff)
+    ranker = run_metrics(cfg, ranker_stage.EXPERIMENT, cutoff)
+    ranker.update(baseline_loglosses(history_cfg, cutoff, meta))
+    text = render(
+        cutoff=cutoff, first=first, last=last,
+        ingest=json.loads(paths.read_bytes(cfg.table_path("ingest_report"))),
+        meta=meta,
+        als=run_metrics(cfg, als_stage.EXPERIMENT, cutoff),
+        loo=leave_last_out(spark, history_cfg, first, last),
+        ranker=ranker,
+        command=command,
+    )
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(text)
+    log.info("report for %s written to %s", cutoff, output)
+    return output

@@ -1,0 +1,116 @@
+"""The whole-history run on the real ml-latest-small, as `make report` does it: ingest,
+`recpipe history` with conf/movielens.yaml, the Markdown report, and the three notebooks
+executed top to bottom on those outputs.
+
+One run for the module (the slowest fixture of the suite); every test reads it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recpipe.config import load_config
+from tests.conftest import REPO, SHARED_DATASETS
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.ddp, pytest.mark.timeout(2400)]
+
+CONF = REPO / "conf" / "movielens.yaml"
+NOTEBOOKS = ("01_data_quality", "02_candidates", "03_attention_ranker")
+
+
+@pytest.fixture(scope="module")
+def movielens(spark, tmp_path_factory):
+    from recpipe import history
+    from recpipe.ingest.movielens import ingest
+    from recpipe.report import write_results
+
+    root = tmp_path_factory.mktemp("movielens") / "root"
+    overrides = [f"paths.root={root}", "ranker.progress=false"]
+    cfg = load_config(CONF, overrides)
+    ingest(cfg, str(SHARED_DATASETS / "ml-latest-small.zip"))
+    results = history.run(spark, cfg)
+    output = root.parent / "results.md"
+    write_results(spark, cfg, None, str(output))
+    return cfg, overrides, results, output
+
+
+def latest_metrics(cfg, experiment: str) -> dict[str, float]:
+    from recpipe.report import run_metrics
+
+    return run_metrics(cfg, experiment, dt.date.fromisoformat(cfg.history.cutoff))
+
+
+def test_history_splits_every_rating_in_time_at_the_cut_off(movielens):
+    from recpipe.etl.samples import read_meta
+    from recpipe.ranker.inputs import split_location
+
+    cfg, _, results, _ = movielens
+    cutoff = dt.date.fromisoformat(cfg.history.cutoff)
+    assert [(r.stage, r.status) for r in results] == [("clean", "ok"), ("clean", "ok"), ("features", "ok"),
+                                                      ("als", "ok"), ("train", "ok")]
+    assert sum(r.summary["accepted"] for r in results[:2]) == 100_836 + 48_580  # impressions and clicks
+    meta = read_meta(cfg, cutoff)
+    assert sum(meta["rows"].values()) == 100_836  # one sample per rating
+    assert sum(meta["positives"].values()) == 48_580
+    cutoff_ms = int(dt.datetime.combine(cutoff, dt.time(), tzinfo=dt.timezone.utc).timestamp() * 1000)
+    for split, before in (("train", True), ("valid", False), ("test", False)):
+        ts = pd.read_parquet(split_location(cfg, cutoff, split), columns=["ts_ms"])["ts_ms"].to_numpy()
+        assert len(ts) and bool(np.all(ts < cutoff_ms) if before else np.all(ts >= cutoff_ms)), split
+
+
+def test_als_beats_popularity_on_recall_at_50(movielens):
+    from recpipe.als.stage import EXPERIMENT
+
+    cfg, _, _, _ = movielens
+    als = latest_metrics(cfg, EXPERIMENT)
+    assert als["eval_users"] >= 10
+    assert als["als_recall_at_50"] > als["popularity_recall_at_50"]
+
+
+def test_attention_gauc_is_at_least_mean_pooling_s_and_above_the_als_score_s(movielens):
+    from recpipe.ranker.stage import EXPERIMENT
+
+    cfg, _, _, _ = movielens
+    ranker = latest_metrics(cfg, EXPERIMENT)
+    assert ranker["test_attention_gauc"] >= ranker["test_mean_gauc"]
+    assert ranker["test_attention_gauc"] > ranker["test_als_gauc"]
+
+
+def test_report_tables_carry_the_run_s_figures(movielens):
+    from recpipe.als.stage import EXPERIMENT as ALS
+    from recpipe.ranker.stage import EXPERIMENT as RANKER
+
+    cfg, _, _, output = movielens
+    text = output.read_text()
+    als, ranker = latest_metrics(cfg, ALS), latest_metrics(cfg, RANKER)
+    assert "100,836 ratings by 610 users" in text and "9,742 movies in the catalogue" in text
+    als_row = next(line for line in text.splitlines() if line.startswith("| ALS |"))
+    assert f"{als['als_recall_at_10']:.4f} | {als['als_ndcg_at_10']:.4f} | {als['als_map_at_10']:.4f}" in als_row
+    attention_row = next(line for line in text.splitlines() if line.startswith("| attention"))
+    assert f"{ranker['test_attention_auc']:.4f} | {ranker['test_attention_gauc']:.4f}" in attention_row
+    for method in ("ALS score", "item popularity"):  # Platt-scaled logloss, a number, not n/a
+        row = next(line for line in text.splitlines() if line.startswith(f"| {method} |"))
+        assert 0.0 < float(row.rstrip(" |").rsplit("|", 1)[1]) < 1.0, row
+    assert "Per-user leave-last-out" in text and "0.7348" in text  # the variant and the DIN reference
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_top_to_bottom_and_draws(movielens, name, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    _, overrides, _, _ = movielens
+    monkeypatch.setenv("RECPIPE_CONF", str(CONF))
+    monkeypatch.setenv("RECPIPE_SET", " ".join(overrides))
+    notebook = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code")  # stripped in git
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    images = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
+              if "image/png" in output.get("data", {})]
+    assert len(images) >= 3, f"{name} drew {len(images)} figures"
+    assert not [o for cell in notebook.cells for o in cell.get("outputs", []) if o.get("output_type") == "error"]
