@@ -144,3 +144,16 @@ def test_config_round_trips_through_its_dict():
     assert RankerModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="unknown model config keys"):
         RankerModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
+
+
+def test_embedding_init_std_scales_only_the_embeddings():
+    torch.manual_seed(3)
+    default = build_model(config())
+    torch.manual_seed(3)
+    small = build_model(config(embedding_init_std=0.01))
+    for name, table in (("item", small.item_embedding), ("cat", small.cat_embedding)):
+        reference = getattr(default, f"{name}_embedding").weight
+        assert torch.allclose(table.weight, reference * 0.01), name  # the same draw, scaled
+        assert torch.all(table.weight[0] == 0), name  # the padding/unknown row stays zero
+    rest = {k: v for k, v in small.state_dict().items() if "embedding" not in k}
+    assert all(torch.equal(v, default.state_dict()[k]) for k, v in rest.items())  # every other weight unchanged

@@ -51,6 +51,7 @@ class RankerModelConfig:
     als_score_mean: float = 0.0
     als_score_std: float = 1.0
     use_als_score: bool = True
+    embedding_init_std: float = 1.0  # item/category embeddings start as N(0, this^2); 1.0 is torch's default
     extra: dict = field(default_factory=dict)  # free-form provenance (date, feature names)
 
     def to_dict(self) -> dict[str, Any]:
@@ -94,6 +95,13 @@ class RankerModel(nn.Module):
         self.config = config
         self.item_embedding = nn.Embedding(config.item_vocab, config.item_embedding_dim, padding_idx=0)
         self.cat_embedding = nn.Embedding(config.cat_vocab, config.cat_embedding_dim, padding_idx=0)
+        # Scaled in place rather than redrawn, so the random stream (and every later
+        # initial weight) is the same whatever the std. A small std matters when the
+        # vocabulary holds items training never shows (a temporal split, new releases):
+        # their rows stay at the initial draw, and near zero they look unknown, not random.
+        with torch.no_grad():
+            self.item_embedding.weight.mul_(config.embedding_init_std)
+            self.cat_embedding.weight.mul_(config.embedding_init_std)
         dim = config.item_embedding_dim + config.cat_embedding_dim
         self.pooling = (
             AttentionPooling(dim, config.attention_hidden, config.attention_weighting)

@@ -132,6 +132,7 @@ def model_config(rc: RankerConfig, stats: InputStats, meta: Mapping, name: str, 
         als_score_mean=stats.als_score_mean,
         als_score_std=stats.als_score_std,
         use_als_score=rc.use_als_score and als_scores_in_training(stats, date),
+        embedding_init_std=rc.embedding_init_std,
         extra={"date": date.isoformat(), "user_dense_features": list(meta["user_dense_features"]),
                "item_dense_features": list(meta["item_dense_features"])},
     )
