@@ -208,7 +208,9 @@ def render(*, cutoff: dt.date, first: dt.date, last: dt.date, ingest: Mapping, m
         f"The test split: {int(ranker['test_rows']):,} rows of {int(ranker['test_users'])} users. Every method is "
         "scored on the same rows. gAUC is the impression-weighted mean of per-user AUCs over users with both "
         "labels. The ALS score and popularity are scores, not probabilities: their logloss is after Platt "
-        "scaling fitted on the valid split.",
+        "scaling fitted on the valid split. Repeated trainings on these rows differ by about 0.01 gAUC, as much "
+        "as attention and mean pooling differ from each other; the settings tried and their spread are in "
+        "`docs/benchmarks.md`.",
         "",
         "| method | AUC | gAUC | logloss |",
         "|---|---|---|---|",

@@ -42,6 +42,8 @@ CATALOGUE_COLUMNS = (ITEM_IDX, CAT_IDX, PRICE)
 
 _LAST_MS = "_last_interaction_ms"
 _PROBE = "_probe"
+_FROM_DAY, _TO_DAY = "_from_day", "_to_day"   # the epoch days a catalogue snapshot applies to
+_SPAN_ITEM = "_span_item_idx"
 
 
 # --- names ---------------------------------------------------------------------------
@@ -178,8 +180,8 @@ def item_features_as_of(daily: DataFrame, targets: DataFrame, catalogue_days: Da
     """Item activity features as of each target (item_idx, event_day) cut-off, plus `item_dense`.
 
     Args:
-        catalogue_days: `item_idx`, `event_day`, `cat_idx`, `price`: the catalogue snapshot
-            that applies to each day (see `read_catalogue_days`).
+        catalogue_days: the catalogue snapshots and the days each applies to (see
+            `read_catalogue_days`).
 
     Returns:
         `item_idx`, `event_day`, `cat_idx` (0 = unknown), `price` (null = unknown), the
@@ -189,7 +191,7 @@ def item_features_as_of(daily: DataFrame, targets: DataFrame, catalogue_days: Da
     return (
         rolling_activity(daily, targets, ITEM_IDX, windows_days, lookback_days)
         .drop(RECENCY_DAYS)
-        .join(catalogue_days.select(ITEM_IDX, EVENT_DAY, CAT_IDX, PRICE), [ITEM_IDX, EVENT_DAY], "left")
+        .transform(lambda f: with_catalogue_of_the_day(f, catalogue_days))
         .withColumn(CAT_IDX, F.coalesce(F.col(CAT_IDX), F.lit(PADDING_IDX)))
         .withColumn(ITEM_DENSE, F.concat(
             _dense_array(activity),
@@ -236,6 +238,15 @@ def active_before(daily: DataFrame, key: str, cutoff_day: int, lookback_days: in
         .distinct()
         .withColumn(EVENT_DAY, F.lit(cutoff_day))
     )
+
+
+def with_catalogue_of_the_day(frame: DataFrame, catalogue_days: DataFrame) -> DataFrame:
+    """Add `cat_idx` and `price` of the snapshot whose span holds each row's `event_day`
+    (null where none does): an equi-join on the item, then the span check, so each item
+    meets only its few snapshots."""
+    spans = catalogue_days.withColumnRenamed(ITEM_IDX, _SPAN_ITEM)
+    in_span = (F.col(ITEM_IDX) == F.col(_SPAN_ITEM)) & F.col(EVENT_DAY).between(F.col(_FROM_DAY), F.col(_TO_DAY))
+    return frame.join(spans, in_span, "left").drop(_SPAN_ITEM, _FROM_DAY, _TO_DAY)
 
 
 def build_user_features(user_asof: DataFrame, table_targets: DataFrame, favourites: DataFrame, cutoff_day: int,
@@ -289,10 +300,12 @@ def read_events(spark: SparkSession, cfg: Config, first_day: dt.date, date: dt.d
 
 
 def read_catalogue_days(spark: SparkSession, cfg: Config, days: list[dt.date]) -> DataFrame:
-    """The catalogue snapshot that applies to each day: the newest one on or before it.
+    """The catalogue snapshot that applies to each of `days`: the newest one on or before it.
 
     Returns:
-        `item_idx`, `event_day`, `cat_idx`, `price`; days before the first snapshot are absent.
+        One row per item and snapshot: `item_idx`, `cat_idx`, `price` and the span of
+        epoch days it applies to, `_from_day`..`_to_day` (spans, not a row per day: a
+        whole history is thousands of days); days before the first snapshot are absent.
 
     Raises:
         DataError: when no snapshot exists on or before the last day.
@@ -303,14 +316,13 @@ def read_catalogue_days(spark: SparkSession, cfg: Config, days: list[dt.date]) -
         raise DataError(f"table 'catalogue' has no snapshot on or before {max(days)} at {cfg.table_path('catalogue')}")
     frames = []
     for snapshot in sorted({s for s in snapshot_of.values() if s is not None}):
-        # The days a snapshot covers are consecutive: a range, however long the history.
-        covered = [epoch_day(day) for day, s in snapshot_of.items() if s == snapshot]
+        covered = [epoch_day(day) for day, s in snapshot_of.items() if s == snapshot]  # consecutive days
         catalogue = io.read_day(spark, cfg, "catalogue", snapshot)
         require_columns(catalogue, CATALOGUE_COLUMNS, f"features: catalogue snapshot {snapshot}")
         frames.append(
             catalogue
-            .select(ITEM_IDX, CAT_IDX, F.col(PRICE).cast("double").alias(PRICE))
-            .withColumn(EVENT_DAY, F.explode(F.sequence(F.lit(min(covered)), F.lit(max(covered)))))
+            .select(ITEM_IDX, CAT_IDX, F.col(PRICE).cast("double").alias(PRICE),
+                    F.lit(min(covered)).alias(_FROM_DAY), F.lit(max(covered)).alias(_TO_DAY))
         )
     out = frames[0]
     for frame in frames[1:]:
