@@ -63,6 +63,7 @@ def test_history_splits_every_rating_in_time_at_the_cut_off(movielens):
     assert [(r.stage, r.status) for r in results] == [("clean", "ok"), ("clean", "ok"), ("features", "ok"),
                                                       ("als", "ok"), ("train", "ok")]
     assert sum(r.summary["accepted"] for r in results[:2]) == 100_836 + 48_580  # impressions and clicks
+    assert sum(r.summary["rejected"] for r in results[:2]) == 0
     meta = read_meta(cfg, cutoff)
     assert sum(meta["rows"].values()) == 100_836  # one sample per rating
     assert sum(meta["positives"].values()) == 48_580

@@ -83,9 +83,12 @@ def write_days(frame: DataFrame, cfg: Config, name: str, files: int, partition_b
             so that each day gets a bounded number of files, not one per task.
     """
     salt = (F.pmod(F.xxhash64(*frame.columns), F.lit(files))) if files > 1 else F.lit(0)
+    # Hashing (day, salt) spreads a day over at most `files` tasks however many there are,
+    # so a frame of many days (a whole-history clean) is written by every core, not one.
+    tasks = max(files, frame.sparkSession.sparkContext.defaultParallelism, 1)
     (
         frame
-        .repartition(max(files, 1), *[F.col(c) for c in partition_by], salt)
+        .repartition(tasks, *[F.col(c) for c in partition_by], salt)
         .write
         .mode("overwrite")
         .partitionBy(*partition_by)
