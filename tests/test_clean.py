@@ -740,7 +740,7 @@ def test_run_range_gives_each_file_day_what_a_daily_clean_gives(spark, tiny_lake
     assert (report["first_date"], report["date"]) == (D.isoformat(), D2.isoformat())
     # one snapshot of each dictionary, dated the range's last day, numbering every id once
     assert clean.raw_days(cfg) == [D, D2]
-    assert io.snapshot_days(cfg, "dim_users") == [D2]
+    assert io.partition_days(cfg, "dim_users") == [D2]
     assert [r[:2] for r in table_rows(spark, cfg, "dim_users", D2)] == [("u0", 1), ("u1", 2), ("u2", 3)]
 
 

@@ -46,11 +46,12 @@ def read_day(spark: SparkSession, cfg: Config, name: str, date: dt.date) -> Data
 
 def latest_day(cfg: Config, name: str, as_of: dt.date) -> dt.date | None:
     """The newest `dt=` of a snapshot table on or before `as_of`, or None."""
-    return newest_on_or_before(snapshot_days(cfg, name), as_of)
+    return newest_on_or_before(partition_days(cfg, name), as_of)
 
 
-def snapshot_days(cfg: Config, name: str) -> list[dt.date]:
-    """Every `dt=` folder of a table, sorted (one listing, however many days are asked about)."""
+def partition_days(cfg: Config, name: str) -> list[dt.date]:
+    """The days of a dt-partitioned table (its `dt=` folders), sorted: one listing, however
+    many days are then asked about."""
     fs, root = paths.filesystem_for(cfg.table_path(name))
     from pyarrow import fs as pafs
 

@@ -114,7 +114,7 @@ def clean_lines(spark: SparkSession, cfg: Config, lines: DataFrame, *, first: dt
 
 def raw_days(cfg: Config) -> list[dt.date]:
     """The days that have a raw events folder, sorted."""
-    return io.snapshot_days(cfg, "raw_events")
+    return io.partition_days(cfg, "raw_events")
 
 
 def read_range_lines(spark: SparkSession, cfg: Config, first: dt.date, last: dt.date) -> DataFrame:

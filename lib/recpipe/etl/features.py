@@ -310,7 +310,7 @@ def read_catalogue_days(spark: SparkSession, cfg: Config, days: list[dt.date]) -
     Raises:
         DataError: when no snapshot exists on or before the last day.
     """
-    snapshots = io.snapshot_days(cfg, "catalogue")
+    snapshots = io.partition_days(cfg, "catalogue")
     snapshot_of = {day: io.newest_on_or_before(snapshots, day) for day in days}
     if snapshot_of[max(days)] is None:
         raise DataError(f"table 'catalogue' has no snapshot on or before {max(days)} at {cfg.table_path('catalogue')}")

@@ -55,22 +55,8 @@ class InputStats:
 
 def als_runs(cfg: Config, up_to: dt.date) -> list[dt.date]:
     """Days a with complete ALS factors (`als/dt=a/{user,item}_factors`), a <= up_to."""
-    fs, root = paths.filesystem_for(cfg.table_path("als"))
-    from pyarrow import fs as pafs
-
-    if fs.get_file_info(root).type != pafs.FileType.Directory:
-        return []
-    days = []
-    for info in fs.get_file_info(pafs.FileSelector(root)):
-        if info.type != pafs.FileType.Directory or not info.base_name.startswith(f"{DT}="):
-            continue
-        try:
-            day = dt.date.fromisoformat(info.base_name[len(DT) + 1:])
-        except ValueError:
-            continue
-        if day <= up_to and all(paths.exists(paths.join_uri(cfg.table_path("als", day), o)) for o in FACTOR_OUTPUTS):
-            days.append(day)
-    return sorted(days)
+    return [day for day in io.partition_days(cfg, "als")
+            if day <= up_to and all(paths.exists(paths.join_uri(cfg.table_path("als", day), o)) for o in FACTOR_OUTPUTS)]
 
 
 def als_day_for(sample_days: Sequence[dt.date], runs: Sequence[dt.date]) -> dict[dt.date, dt.date | None]:
