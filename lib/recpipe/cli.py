@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import logging
 import sys
 from typing import Callable, Sequence
@@ -54,22 +55,46 @@ def spark_stage(stage: str) -> Callable[[Config, argparse.Namespace], None]:
 
     def handler(cfg: Config, args: argparse.Namespace) -> None:
         from recpipe.pipeline import run_stages
-        from recpipe.spark import get_spark
 
-        result = run_stages(get_spark(cfg, stage), cfg, [args.date], [stage])[0]
+        result = run_stages(session_unless_submitting(cfg, stage), cfg, [args.date], [stage])[0]
         logging.getLogger(f"recpipe.{stage}").info("done for %s: %s", args.date, result.summary)
+        write_summary(args, result.summary)
 
     return handler
 
 
-def cmd_pipeline(cfg: Config, args: argparse.Namespace) -> None:
-    from recpipe.pipeline import date_range, format_results, parse_stages, run_stages
+def session_unless_submitting(cfg: Config, stage: str):
+    """This process's Spark session, or None when the stages go out through spark-submit."""
     from recpipe.spark import get_spark
+    from recpipe.submit import submitting
+
+    return None if submitting(cfg) else get_spark(cfg, stage)
+
+
+def write_summary(args: argparse.Namespace, summary: object) -> None:
+    """--summary-json: how a submitted job hands its summary back to the submitting process."""
+    if args.summary_json:
+        with open(args.summary_json, "w") as out:
+            json.dump(summary, out, default=str)
+
+
+def cmd_pipeline(cfg: Config, args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from recpipe.pipeline import StageResult, date_range, format_results, parse_stages, run_stages
+    from recpipe.submit import submit, submitting
 
     generated = cfg.generate.dates
     dates = date_range(args.start or generated[0], args.end or generated[-1])
-    results = run_stages(get_spark(cfg, "pipeline"), cfg, dates, parse_stages(args.stages))
+    stages = parse_stages(args.stages)
+    if submitting(cfg):  # the whole range as one application, not one per stage and day
+        returned = submit(cfg, "pipeline", ["--start", dates[0].isoformat(), "--end", dates[-1].isoformat(),
+                                            "--stages", ",".join(stages)])
+        results = [StageResult(**{**r, "date": dt.date.fromisoformat(r["date"])}) for r in returned]
+    else:
+        results = run_stages(session_unless_submitting(cfg, "pipeline"), cfg, dates, stages)
     print(format_results(results))
+    write_summary(args, [dataclasses.asdict(r) for r in results])
 
 
 def cmd_rollback(cfg: Config, args: argparse.Namespace) -> None:
@@ -210,6 +235,9 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, boo
 }
 
 
+STAGE_COMMANDS = ("clean", "features", "als", "train", "promote", "score")  # pipeline.STAGES, without importing Spark
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recpipe", description="Nightly recommendation pipeline.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -218,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         if needs_date:
             _with_date(p)
+        if name in STAGE_COMMANDS or name == "pipeline":
+            p.add_argument("--summary-json", help=argparse.SUPPRESS)  # where a submitted job leaves its summary
         if name == "train":  # sugar for --set ranker.resume=true
             p.add_argument("--resume", dest="overrides", action="append_const", const="ranker.resume=true",
                            help="continue from the last checkpoint of day D")

@@ -263,6 +263,16 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class SubmitConfig:
+    enabled: bool
+    jobs_dir: str
+    py_files: str
+    python: str
+    conf: dict
+    timeout_s: int
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig
     tables: TablesConfig
@@ -279,6 +289,7 @@ class Config:
     score: ScoreConfig
     nightly: NightlyConfig
     cluster: ClusterConfig
+    submit: SubmitConfig
     sources: tuple[str, ...] = ()  # the files and overrides this config was built from
 
     def table_path(self, name: str, date: dt.date | None = None) -> str:

@@ -9,6 +9,8 @@
   `--force` reruns everything, `--from-stage S` reruns S and what follows.
 - A failed stage stops the run, its marker is not written, and the summary names it.
 - The tracking server (an http(s) tracking URI) is checked before any Spark work.
+- With `submit.enabled` each stage is its own spark-submit application; the lock, markers
+  and summary stay with this process.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Iterator, Sequence
 from recpipe import paths
 from recpipe.config import Config
 from recpipe.errors import ConfigError, RecpipeError
-from recpipe.pipeline import STAGES, stage_function
+from recpipe.pipeline import STAGES, run_stage
 
 log = logging.getLogger("recpipe.nightly")
 
@@ -266,7 +268,7 @@ def run_date(spark, cfg: Config, date: dt.date, *, force: bool = False, from_sta
         started = time.perf_counter()
         log.info("nightly %s: stage %s starting", date, stage)
         try:
-            summary = stage_function(stage)(spark, cfg, date) or {}
+            summary = run_stage(spark, cfg, stage, date)
         except Exception as err:
             outcomes.append(StageOutcome(date, stage, FAILED, time.perf_counter() - started, note=str(err)[:200]))
             outcomes += [StageOutcome(date, s, NOT_RUN) for s in stages[position + 1:]]
@@ -292,12 +294,13 @@ def nightly(cfg: Config, dates: Sequence[dt.date], *, force: bool = False, from_
     move `champion` otherwise.
     """
     from recpipe.spark import get_spark
+    from recpipe.submit import submitting
 
     stages_to_run(cfg, from_stage)
     check_tracking_server(cfg)
     outcomes: list[StageOutcome] = []
     with nightly_lock(cfg):
-        spark = get_spark(cfg, "nightly")
+        spark = None if submitting(cfg) else get_spark(cfg, "nightly")
         try:
             for date in dates:
                 skip = ()

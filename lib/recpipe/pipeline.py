@@ -1,7 +1,8 @@
 """Running stages in order for one or more days, in one Spark session.
 
 Each stage is `recpipe.<module>.run(spark, cfg, date) -> dict`; the CLI's stage commands,
-`jobs/*.py` and this module all call the same functions.
+`jobs/*.py` and this module all call the same functions. With `submit.enabled` a stage runs
+as its own spark-submit application instead (`recpipe.submit`), and `spark` is None here.
 """
 
 from __future__ import annotations
@@ -47,6 +48,15 @@ def stage_function(stage: str) -> Callable[[SparkSession, Config, dt.date], dict
     return importlib.import_module(f"recpipe.{STAGE_MODULES[stage]}").run
 
 
+def run_stage(spark: SparkSession | None, cfg: Config, stage: str, date: dt.date) -> dict:
+    """One stage for one date: in this process's session, or submitted when submit.enabled."""
+    from recpipe.submit import submit_stage, submitting
+
+    if submitting(cfg):
+        return submit_stage(cfg, stage, date)
+    return stage_function(stage)(spark, cfg, date) or {}
+
+
 def parse_stages(text: str) -> list[str]:
     """'clean,features' -> ['clean', 'features'], checked and put in pipeline order."""
     wanted = [s.strip() for s in text.split(",") if s.strip()]
@@ -61,7 +71,7 @@ def date_range(first: dt.date, last: dt.date) -> list[dt.date]:
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def run_stages(spark: SparkSession, cfg: Config, dates: Iterable[dt.date], stages: Sequence[str]) -> list[StageResult]:
+def run_stages(spark: SparkSession | None, cfg: Config, dates: Iterable[dt.date], stages: Sequence[str]) -> list[StageResult]:
     """Run `stages` for each date in order; stop at the first failure, re-raising it."""
     results = []
     for date in dates:
@@ -69,12 +79,12 @@ def run_stages(spark: SparkSession, cfg: Config, dates: Iterable[dt.date], stage
             started = time.perf_counter()
             log.info("stage %s for %s: starting", stage, date)
             try:
-                summary = stage_function(stage)(spark, cfg, date)
+                summary = run_stage(spark, cfg, stage, date)
             except Exception:
                 results.append(StageResult(stage, date, time.perf_counter() - started, "failed", {}))
                 log.error("stage %s for %s failed\n%s", stage, date, format_results(results))
                 raise
-            results.append(StageResult(stage, date, time.perf_counter() - started, "ok", summary or {}))
+            results.append(StageResult(stage, date, time.perf_counter() - started, "ok", summary))
             log.info("stage %s for %s: done in %.1f s", stage, date, results[-1].seconds)
     return results
 

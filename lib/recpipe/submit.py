@@ -1,0 +1,146 @@
+"""Each stage as its own Spark application: `spark-submit --master <spark.master> --py-files
+<wheel> jobs/<stage>.py`, the way a cluster runs it.
+
+With `submit.enabled` (as in `conf/cluster.yaml`), `recpipe nightly`, `backfill`, `pipeline`
+and the stage commands stay on the submitting machine and launch one application per stage
+(the pipeline command: one for its whole range). The submitted job gets this process's
+resolved configuration as a file, so it runs with exactly the settings the caller had, and
+hands its summary back as JSON. Inside a submitted job nothing is submitted again: the
+driver's Python then has `PYSPARK_GATEWAY_PORT` set by spark-submit.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import glob
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from recpipe.config import BASE_FILE_NAME, Config
+from recpipe.errors import ConfigError, RecpipeError
+
+log = logging.getLogger("recpipe.submit")
+
+# stage -> the jobs/ entry that runs it
+JOBS = {
+    "clean": "clean_events.py",
+    "features": "build_features.py",
+    "als": "train_als.py",
+    "train": "train_ranker.py",
+    "promote": "promote_ranker.py",
+    "score": "score_candidates.py",
+    "pipeline": "run_pipeline.py",
+}
+TAIL_LINES = 40  # of the application's output, quoted in the error when it fails
+
+
+class SubmitError(RecpipeError):
+    """A submitted application failed or ran past submit.timeout_s."""
+
+
+def launched_by_spark_submit() -> bool:
+    """True in the driver of an application spark-submit started (it passes the JVM's gateway)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def submitting(cfg: Config) -> bool:
+    return cfg.submit.enabled and not launched_by_spark_submit()
+
+
+def spark_submit_path() -> Path:
+    """$SPARK_HOME/bin/spark-submit on a machine with a Spark install, else pyspark's own."""
+    if os.environ.get("SPARK_HOME"):
+        return Path(os.environ["SPARK_HOME"]) / "bin" / "spark-submit"
+    from recpipe.cluster import spark_home
+
+    return spark_home() / "bin" / "spark-submit"
+
+
+def wheel(cfg: Config) -> str:
+    matches = sorted(glob.glob(cfg.submit.py_files))
+    if len(matches) != 1:
+        found = ", ".join(matches) or "nothing"
+        raise ConfigError(f"submit.py_files {cfg.submit.py_files!r} must match one wheel, found {found}; "
+                          "`make dist` builds it")
+    return matches[0]
+
+
+def submit_command(cfg: Config, job: str, conf_file: str, arguments: Sequence[str]) -> list[str]:
+    """The spark-submit line for one job of jobs_dir with its own arguments."""
+    script = Path(cfg.submit.jobs_dir) / JOBS[job]
+    if not script.is_file():
+        raise ConfigError(f"submit.jobs_dir: {script} not found (run from the repository root)")
+    settings = {
+        "spark.pyspark.python": cfg.submit.python or sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        **{k: str(v) for k, v in cfg.submit.conf.items()},
+    }
+    command = [str(spark_submit_path()), "--master", cfg.spark.master, "--name", f"{cfg.spark.app_name}-{job}",
+               "--py-files", wheel(cfg)]
+    for key, value in settings.items():
+        command += ["--conf", f"{key}={value}"]
+    return [*command, str(script), "--conf", conf_file, *arguments]
+
+
+def write_resolved_config(cfg: Config, folder: str) -> str:
+    """The whole resolved config as a base.yaml (every key present, so nothing is layered in)."""
+    path = os.path.join(folder, BASE_FILE_NAME)
+    with open(path, "w") as out:
+        yaml.safe_dump(cfg.to_dict(), out, sort_keys=False)
+    return path
+
+
+def submit(cfg: Config, job: str, arguments: Sequence[str]) -> object:
+    """Run one job through spark-submit, echoing its output; return the JSON it leaves in
+    --summary-json. Raises SubmitError with the end of its output when it fails."""
+    with tempfile.TemporaryDirectory(prefix=f"recpipe-submit-{job}-") as folder:
+        summary_file = os.path.join(folder, "summary.json")
+        command = submit_command(cfg, job, write_resolved_config(cfg, folder),
+                                 [*arguments, "--summary-json", summary_file])
+        log.info("submitting %s to %s", JOBS[job], cfg.spark.master)
+        returncode, tail = _run_echoing(command, cfg.submit.timeout_s)
+        if returncode != 0:
+            raise SubmitError(f"spark-submit {JOBS[job]} {' '.join(arguments)} exited with {returncode}"
+                              + (f" (killed after submit.timeout_s={cfg.submit.timeout_s})" if returncode is None else "")
+                              + ":\n" + "".join(tail))
+        with open(summary_file) as f:
+            return json.load(f)
+
+
+def submit_stage(cfg: Config, stage: str, date: dt.date) -> dict:
+    return submit(cfg, stage, ["--date", date.isoformat()])
+
+
+def _run_echoing(command: list[str], timeout_s: int) -> tuple[int | None, collections.deque]:
+    """Run `command` in its own process group, copying its output to stderr and keeping the
+    last lines; kill the group after `timeout_s` (returncode None)."""
+    tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               errors="replace", start_new_session=True)
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        os.killpg(process.pid, signal.SIGKILL)
+
+    timer = threading.Timer(timeout_s, kill)
+    timer.start()
+    try:
+        for line in process.stdout:
+            sys.stderr.write(line)
+            tail.append(line)
+        process.wait()
+    finally:
+        timer.cancel()
+    return (None if timed_out.is_set() else process.returncode), tail
