@@ -120,3 +120,32 @@ def test_the_model_code_ships_without_the_training_modules(tmp_path):
     assert {name.split(".")[0] for name in imported} <= {"__future__", "json", "typing", "dataclasses", "numpy",
                                                          "pandas", "torch", "mlflow"}
     assert {r.split("==")[0] for r in requirements()} == {"torch", "numpy", "pandas", "mlflow"}
+
+
+def test_the_serving_code_is_staged_from_a_zipped_package_as_spark_submit_ships_it(tmp_path):
+    import zipfile
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent.parent / "lib" / "recpipe"
+    archive = tmp_path / "recpipe.zip"  # what `--py-files recpipe-*.whl` puts on the driver's path
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in package.rglob("*.py"):
+            zipped.write(path, path.relative_to(package.parent))
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(archive)!r})
+        from pathlib import Path
+        from recpipe.ranker import publish
+        assert publish.__file__.startswith({str(archive)!r}), publish.__file__
+        staged = publish.stage_model_code(Path({str(tmp_path / 'staged')!r}))
+        print(sorted(str(p.relative_to(staged)) for p in staged.rglob("*.py")))
+    """)
+    staged = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert staged.returncode == 0, staged.stderr[-3000:]
+    ranker = package / "ranker"
+    expected = sorted(str(p.relative_to(ranker)) for name in ("__init__.py", "layers", "model.py", "scoring.py",
+                                                               "pyfunc.py")
+                      for p in ([ranker / name] if name.endswith(".py") else (ranker / name).rglob("*.py")))
+    assert ast.literal_eval(staged.stdout.strip().splitlines()[-1]) == expected
+    for relative in expected:
+        assert (tmp_path / "staged" / "ranker" / relative).read_bytes() == (ranker / relative).read_bytes()

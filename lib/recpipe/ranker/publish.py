@@ -13,9 +13,10 @@ What travels with the model:
 from __future__ import annotations
 
 import contextlib
-import shutil
+import importlib.resources
 import sys
 import tempfile
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,23 +25,30 @@ import pandas as pd
 
 from recpipe.ranker.pyfunc import VOCABULARY, WEIGHTS
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = importlib.resources.files("recpipe.ranker")
 SERVING_CODE = ("__init__.py", "layers", "model.py", "scoring.py", "pyfunc.py")
 ENTRY = "pyfunc_entry.py"
 ALIAS = "challenger"
 
 
 def stage_model_code(folder: Path) -> Path:
-    """Copy the serving modules into `folder/ranker`; returns that package folder."""
+    """Copy the serving modules into `folder/ranker`; returns that package folder. Read as
+    package resources, so that it also works from the zipped wheel spark-submit ships."""
     target = folder / "ranker"
     target.mkdir(parents=True)
     for name in SERVING_CODE:
-        source = PACKAGE / name
-        if source.is_dir():
-            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target / name)
+        _copy_resource(PACKAGE / name, target / name)
     return target
+
+
+def _copy_resource(source: Traversable, target: Path) -> None:
+    if source.is_dir():
+        target.mkdir()
+        for child in source.iterdir():
+            if child.name != "__pycache__":
+                _copy_resource(child, target / child.name)
+    else:
+        target.write_bytes(source.read_bytes())
 
 
 @contextlib.contextmanager
@@ -97,10 +105,12 @@ def log_ranker_model(weights: str, vocabulary: str, input_example: pd.DataFrame,
 
     with tempfile.TemporaryDirectory() as tmp:
         code = stage_model_code(Path(tmp))
+        entry = Path(tmp) / ENTRY
+        _copy_resource(PACKAGE / ENTRY, entry)
         with importable(Path(tmp)):  # MLflow runs the entry file while saving, as it will when loading
             info = mlflow.pyfunc.log_model(
                 name=name,
-                python_model=str(PACKAGE / ENTRY),
+                python_model=str(entry),
                 code_paths=[str(code)],
                 artifacts={WEIGHTS: weights, VOCABULARY: vocabulary},
                 signature=signature(),
