@@ -12,7 +12,7 @@ SETUP_HASH := $(shell cat constraints.txt requirements.txt setup.py scripts/setu
 STAMP := $(VENV)/.setup-$(SETUP_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup run test report nightly mlflow-server cluster-up cluster-down dist clean-data clean
+.PHONY: help setup run run-cluster test report nightly mlflow-server cluster-up cluster-down dist clean-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -22,8 +22,8 @@ setup: $(STAMP)  ## create .venv with the pinned stack, check Java 17 (once per 
 $(STAMP):
 	@bash scripts/setup.sh $(STAMP)
 
-run: setup  ## generate the default data set and run every pipeline stage locally
-	@bash scripts/run_local.sh $(CONF) $(SET_ARGS)
+run: setup  ## generate the default data set and run the nightly for its last day (or DATE) locally
+	@DATE=$(DATE) bash scripts/run_local.sh $(CONF) $(SET_ARGS)
 
 test: setup  ## run the test suite (real Spark, MLflow, Petastorm; no GPU)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -47,6 +47,9 @@ cluster-up: setup  ## Spark standalone master + workers on 127.0.0.1 (conf/clust
 
 cluster-down: setup  ## stop exactly the processes cluster-up started
 	$(VENV)/bin/recpipe cluster-down --conf $(CLUSTER_CONF) $(SET_ARGS)
+
+run-cluster: dist  ## `make run` on the cluster-up cluster: spark-submit per stage, MLflow via a tracking server
+	@DATE=$(DATE) bash scripts/run_cluster.sh $(CLUSTER_CONF) $(SET_ARGS)
 
 dist: setup  ## build the wheel that spark-submit ships with --py-files
 	rm -rf dist build
