@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,49 @@ def make_config(tmp_path):
         return load_config(LOCAL_CONF, [f"paths.root={root or tmp_path / 'root'}", *overrides])
 
     return _make
+
+
+def content_digest(folder) -> str:
+    """A checksum of a Parquet folder's rows, independent of file names, order and count."""
+    import hashlib
+    import json
+
+    import pyarrow.parquet as pq
+
+    rows = sorted(json.dumps(row, sort_keys=True, default=str) for row in pq.read_table(folder).to_pylist())
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+@contextmanager
+def mlflow_server(cfg, port: int, log_path: Path):
+    """`mlflow server` for cfg's root on 127.0.0.1:port, up within 120 s, stopped by its process id.
+    Yields the server's home (store and served artifacts)."""
+    import os
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    from recpipe.tracking import server_command
+
+    command = server_command(cfg, port=port)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                        break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail(f"mlflow server did not come up: {log_path.read_text()[-3000:]}")
+                    time.sleep(0.5)
+            yield Path(command[command.index("--artifacts-destination") + 1]).parent
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)  # the server's workers are in its group
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)

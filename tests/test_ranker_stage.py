@@ -9,6 +9,10 @@ rankers should beat the ALS score and item popularity. Slow: several minutes on 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
+import threading
+import time
 
 import pytest
 
@@ -16,6 +20,8 @@ pytestmark = [pytest.mark.spark, pytest.mark.generate, pytest.mark.ddp, pytest.m
 
 DATA = [
     "generate.users=3000", "generate.items=800", "generate.categories=12", "generate.days=7",
+    # Clicks driven harder by the similarity to one recent item: the signal target attention is for.
+    "generate.click_similarity_weight=9.0",
     "features.train_days=5", "features.min_files_per_split=4",
     "als.rank=16", "als.max_iter=5", "als.register_model=false",
     # One reader thread per rank: row groups come in the seeded order, so a rerun trains identically.
@@ -95,3 +101,73 @@ def test_every_epoch_left_a_checkpoint_with_the_model_and_resolved_config(traine
         assert state["epoch"] == 3 and state["step"] == 3 * steps_per_epoch(summary["rows"]["train"], 1024)
         assert state["model_config"]["pooling"] == name
         assert state["config"]["ranker"]["epochs"] == 3
+
+
+def descendants_with_rank(rank: int) -> list[int]:
+    """Processes under this one whose environment makes them DDP rank `rank` (torchrun's workers)."""
+    def parent(pid: str) -> int:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            ancestor = parent(pid)
+            while ancestor > 1 and ancestor != os.getpid():
+                ancestor = parent(str(ancestor))
+        except (OSError, ValueError, IndexError):
+            continue
+        if ancestor == os.getpid() and f"RANK={rank}".encode() in environ and b"LOCAL_RANK" in b" ".join(environ):
+            found.append(int(pid))
+    return found
+
+
+def test_a_rank_killed_mid_training_fails_clearly_keeps_champion_and_resume_completes(spark, trained):
+    """Runs last in the module: it retrains the attention model of D (2 epochs, no base model)."""
+    import mlflow
+
+    from recpipe.config import load_config
+    from recpipe.ranker import checkpoints, stage
+    from recpipe.ranker.stage import TrainingError, checkpoint_dir
+    from recpipe.ranker.trainer import steps_per_epoch
+    from recpipe.tracking import tracking_uri
+    from tests.conftest import LOCAL_CONF
+
+    cfg, D, summary = trained
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    client.set_registered_model_alias("attention-ranker", "champion", summary["version"])
+    settings = [f"paths.root={cfg.paths.root}", *DATA, "ranker.compare_base_model=false", "ranker.epochs=2"]
+    folder = checkpoint_dir(cfg, D, "attention")
+    killed = []
+
+    def kill_rank_1_after_the_first_checkpoint() -> None:
+        deadline = time.monotonic() + 400
+        while not descendants_with_rank(1) and time.monotonic() < deadline:  # the fresh run has cleared old ones
+            time.sleep(0.2)
+        while checkpoints.latest(folder) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for pid in descendants_with_rank(1):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    killer = threading.Thread(target=kill_rank_1_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    with pytest.raises(TrainingError) as failure:
+        stage.run(spark, load_config(LOCAL_CONF, settings), D)
+    killer.join(timeout=60)
+    assert killed, "no rank 1 process was found to kill"
+    first = checkpoints.latest(folder)
+    assert f"Last checkpoint: {first}; rerun with --resume" in str(failure.value)
+    assert checkpoints.load(first)["epoch"] == 1
+    assert str(client.get_model_version_by_alias("attention-ranker", "champion").version) == summary["version"]
+    assert str(client.get_model_version_by_alias("attention-ranker", "challenger").version) == summary["version"]
+    first_bytes = open(first, "rb").read()
+
+    resumed = stage.run(spark, load_config(LOCAL_CONF, [*settings, "ranker.resume=true"]), D)
+    final = checkpoints.load(checkpoints.latest(folder))
+    assert final["epoch"] == 2 and final["step"] == resumed["attention_steps"] == 2 * steps_per_epoch(
+        resumed["rows"]["train"], 1024)
+    assert open(first, "rb").read() == first_bytes  # epoch 1 was not trained again
+    assert resumed["version"] != summary["version"]
+    assert str(client.get_model_version_by_alias("attention-ranker", "champion").version) == summary["version"]

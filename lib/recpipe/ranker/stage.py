@@ -27,7 +27,7 @@ from pyspark.sql import functions as F
 
 from recpipe import io, paths
 from recpipe.config import Config, RankerConfig
-from recpipe.errors import ConfigError, DataError
+from recpipe.errors import ConfigError, DataError, RecpipeError
 from recpipe.etl.samples import TEST, TRAIN, VALID, read_meta
 from recpipe.ranker import checkpoints
 from recpipe.ranker.data import EVAL_EXTRA, TRAIN_COLUMNS, read_split, row_groups
@@ -44,6 +44,10 @@ log = logging.getLogger("recpipe.ranker")
 EXPERIMENT = "recpipe-ranker"
 REGISTERED_MODEL = "attention-ranker"
 ATTENTION, MEAN = "attention", "mean"
+
+
+class TrainingError(RecpipeError):
+    """A DDP training run failed (a rank died, the barrier stage was lost)."""
 
 
 def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
@@ -191,7 +195,16 @@ def launch(job: TrainJob, rc: RankerConfig) -> dict[str, Any]:
     from pyspark.ml.torch.distributor import TorchDistributor
 
     distributor = TorchDistributor(num_processes=rc.num_processes, local_mode=rc.local_mode, use_gpu=rc.use_gpu)
-    return distributor.run(train, job)
+    try:
+        return distributor.run(train, job)
+    except Exception as err:  # a rank died, or the barrier stage failed: say what a rerun can do
+        last = checkpoints.latest(job.checkpoint_dir)
+        where = "the driver" if rc.local_mode else "the executors"
+        cause = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        raise TrainingError(
+            f"DDP training of {job.name} on {rc.num_processes} ranks ({where}) failed: {cause}. "
+            + (f"Last checkpoint: {last}; rerun with --resume (ranker.resume=true) to continue from it."
+               if last else "No checkpoint was written; rerun from the start.")) from err
 
 
 def load_trained(location: str) -> RankerModel:
