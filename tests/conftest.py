@@ -28,6 +28,14 @@ sys.meta_path.insert(0, NoRecpipe())
 RECPIPE_NOT_LOADED = 'assert not any(m == "recpipe" or m.startswith("recpipe.") for m in sys.modules)\n'
 
 
+def subprocess_env() -> dict[str, str]:
+    """This environment for a child process, without what would point it elsewhere
+    (another tracking URI, Python path or Spark install)."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PYTHONPATH", "SPARK_HOME")}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (for servers a test starts)."""
     with socket.socket() as s:

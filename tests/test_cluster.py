@@ -27,7 +27,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import LOCAL_CONF, REPO, content_digest, free_port, mlflow_server
+from tests.conftest import LOCAL_CONF, REPO, content_digest, free_port, mlflow_server, subprocess_env
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.generate, pytest.mark.ddp, pytest.mark.timeout(1800)]
 
@@ -60,7 +60,7 @@ full_run = pytest.mark.skipif(os.environ.get("RECPIPE_TEST_CLUSTER_RUN") != "1",
 
 
 def make(target: str, profile, timeout_s: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PYTHONPATH", "SPARK_HOME")}
+    env = subprocess_env()
     venv = os.path.dirname(os.path.dirname(sys.executable))
     return subprocess.run(["make", "--no-print-directory", target, f"VENV={venv}", f"CLUSTER_CONF={profile}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -196,7 +196,7 @@ def killed_clean(spark, cluster, tmp_path_factory):
     command = [sys.executable, "-m", "recpipe.cli", "clean", "--conf", cluster["profile"], "--date", day]
     for setting in [*day_settings, f"paths.root={roots['killed']}", SUBMIT_CONF.replace("WARN", "INFO")]:
         command += ["--set", setting]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PYTHONPATH", "SPARK_HOME")}
+    env = subprocess_env()
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output, killed = [], False
     deadline = time.monotonic() + 600

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOCAL_CONF, REPO, content_digest
+from tests.conftest import LOCAL_CONF, REPO, content_digest, subprocess_env
 
 pytestmark = [pytest.mark.spark, pytest.mark.generate, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -47,7 +47,7 @@ def test_a_driver_killed_mid_write_of_features_leaves_the_previous_output_intact
     command = [sys.executable, "-m", "recpipe.cli", "features", "--conf", str(LOCAL_CONF), "--date", D.isoformat()]
     for setting in [*settings, f"spark.local_dir={tmp_path / 'spark'}"]:
         command += ["--set", setting]
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PYTHONPATH", "SPARK_HOME")}
+    env = subprocess_env()
     with open(tmp_path / "driver.log", "w") as log:
         driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)

@@ -55,20 +55,13 @@ def spark_stage(stage: str) -> Callable[[Config, argparse.Namespace], None]:
 
     def handler(cfg: Config, args: argparse.Namespace) -> None:
         from recpipe.pipeline import run_stages
+        from recpipe.submit import session_for
 
-        result = run_stages(session_unless_submitting(cfg, stage), cfg, [args.date], [stage])[0]
+        result = run_stages(session_for(cfg, stage), cfg, [args.date], [stage])[0]
         logging.getLogger(f"recpipe.{stage}").info("done for %s: %s", args.date, result.summary)
         write_summary(args, result.summary)
 
     return handler
-
-
-def session_unless_submitting(cfg: Config, stage: str):
-    """This process's Spark session, or None when the stages go out through spark-submit."""
-    from recpipe.spark import get_spark
-    from recpipe.submit import submitting
-
-    return None if submitting(cfg) else get_spark(cfg, stage)
 
 
 def write_summary(args: argparse.Namespace, summary: object) -> None:
@@ -82,6 +75,7 @@ def cmd_pipeline(cfg: Config, args: argparse.Namespace) -> None:
     import dataclasses
 
     from recpipe.pipeline import StageResult, date_range, format_results, parse_stages, run_stages
+    from recpipe.spark import get_spark
     from recpipe.submit import submit, submitting
 
     generated = cfg.generate.dates
@@ -92,7 +86,7 @@ def cmd_pipeline(cfg: Config, args: argparse.Namespace) -> None:
                                             "--stages", ",".join(stages)])
         results = [StageResult(**{**r, "date": dt.date.fromisoformat(r["date"])}) for r in returned]
     else:
-        results = run_stages(session_unless_submitting(cfg, "pipeline"), cfg, dates, stages)
+        results = run_stages(get_spark(cfg, "pipeline"), cfg, dates, stages)
     print(format_results(results))
     write_summary(args, [dataclasses.asdict(r) for r in results])
 
@@ -235,10 +229,9 @@ COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, boo
 }
 
 
-STAGE_COMMANDS = ("clean", "features", "als", "train", "promote", "score")  # pipeline.STAGES, without importing Spark
-
-
 def build_parser() -> argparse.ArgumentParser:
+    from recpipe.submit import JOBS  # the commands a submitted job runs
+
     parser = argparse.ArgumentParser(prog="recpipe", description="Nightly recommendation pipeline.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text, needs_date) in COMMANDS.items():
@@ -246,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         if needs_date:
             _with_date(p)
-        if name in STAGE_COMMANDS or name == "pipeline":
+        if name in JOBS:
             p.add_argument("--summary-json", help=argparse.SUPPRESS)  # where a submitted job leaves its summary
         if name == "train":  # sugar for --set ranker.resume=true
             p.add_argument("--resume", dest="overrides", action="append_const", const="ranker.resume=true",

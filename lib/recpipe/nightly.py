@@ -293,14 +293,13 @@ def nightly(cfg: Config, dates: Sequence[dt.date], *, force: bool = False, from_
     when `nightly.promote_backfill` is set: backfilled versions are registered but never
     move `champion` otherwise.
     """
-    from recpipe.spark import get_spark
-    from recpipe.submit import submitting
+    from recpipe.submit import session_for
 
     stages_to_run(cfg, from_stage)
     check_tracking_server(cfg)
     outcomes: list[StageOutcome] = []
     with nightly_lock(cfg):
-        spark = None if submitting(cfg) else get_spark(cfg, "nightly")
+        spark = session_for(cfg, "nightly")
         try:
             for date in dates:
                 skip = ()

@@ -58,6 +58,15 @@ def submitting(cfg: Config) -> bool:
     return cfg.submit.enabled and not launched_by_spark_submit()
 
 
+def session_for(cfg: Config, stage: str):
+    """This process's Spark session, or None when the stages go out through spark-submit."""
+    if submitting(cfg):
+        return None
+    from recpipe.spark import get_spark
+
+    return get_spark(cfg, stage)
+
+
 def spark_submit_path() -> Path:
     """$SPARK_HOME/bin/spark-submit on a machine with a Spark install, else pyspark's own."""
     if os.environ.get("SPARK_HOME"):
