@@ -80,7 +80,7 @@ def write_profile(cfg, folder) -> str:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """`make cluster-up` with free ports and a tracking server; `make cluster-down` after."""
+    """`make dist`, then `make cluster-up` with free ports and a tracking server; `make cluster-down` after."""
     from recpipe import cluster as local_cluster
     from recpipe.config import load_config
 
@@ -94,6 +94,8 @@ def cluster(tmp_path_factory):
     ]
     cfg = load_config(REPO / "conf" / "cluster.yaml", [*settings, *TINY])
     profile = write_profile(cfg, home / "conf")
+    built = make("dist", profile)  # the wheel every submitted job ships (`make run-cluster` builds it too)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     with mlflow_server(cfg, tracking_port, home / "server.log") as server_home:
         started = make("cluster-up", profile)
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
