@@ -1,5 +1,7 @@
 """`recpipe train` end to end on generated data: generate → clean → features → ALS →
 train (2 gloo ranks through TorchDistributor) → MLflow run and registered challenger.
+The ALS stage's own acceptance (beats popularity, K candidates per user, registered) is
+checked on the same chain's ALS run of D.
 
 The generator plants clicks that depend on the candidate's similarity to one specific
 recent item; target attention should find it better than mean pooling, and both learned
@@ -23,25 +25,19 @@ DATA = [
     # Clicks driven harder by the similarity to one recent item: the signal target attention is for.
     "generate.click_similarity_weight=9.0",
     "features.train_days=5", "features.min_files_per_split=4",
-    "als.rank=16", "als.max_iter=5", "als.register_model=false",
+    "als.rank=16", "als.max_iter=5", "als.top_k=60", "als.eval_ks=[10, 50]",
     # One reader thread per rank: row groups come in the seeded order, so a rerun trains identically.
     "ranker.reader_workers=1", "ranker.progress=false", "ranker.epochs=3", "ranker.num_processes=2",
 ]
 
 
-def run_als(spark, cfg, date):
-    """The ALS stage for one day (the ranker's als_score comes from its factors)."""
-    from recpipe.als import stage as als
-
-    als.run(spark, cfg, date)
-
-
 @pytest.fixture(scope="module")
-def trained(spark, tmp_path_factory):
+def chain(spark, tmp_path_factory):
+    """Generated days, cleaned; features of D; ALS for the first train day and for D."""
+    from recpipe.als import stage as als
     from recpipe.config import load_config
     from recpipe.etl import clean, features
     from recpipe.generate import run as generate
-    from recpipe.ranker import stage
     from tests.conftest import LOCAL_CONF
 
     root = tmp_path_factory.mktemp("ranker-stage") / "root"
@@ -54,9 +50,49 @@ def trained(spark, tmp_path_factory):
     features.run(spark, cfg, D)
     # ALS for the first train day (its factors score the whole train window, leak-free)
     # and for D (the test rows), as `make run` does.
-    for date in (D - dt.timedelta(days=cfg.features.train_days), D):
-        run_als(spark, cfg, date)
+    als.run(spark, cfg, D - dt.timedelta(days=cfg.features.train_days))
+    return cfg, D, als.run(spark, cfg, D)
+
+
+@pytest.fixture(scope="module")
+def trained(spark, chain):
+    from recpipe.ranker import stage
+
+    cfg, D, _ = chain
     return cfg, D, stage.run(spark, cfg, D)
+
+
+def test_als_beats_popularity_on_recall_and_ndcg_at_50(chain):
+    _, _, summary = chain
+    assert summary["als_recall_at_50"] > summary["popularity_recall_at_50"], summary
+    assert summary["als_ndcg_at_50"] > summary["popularity_ndcg_at_50"], summary
+    assert summary["oracle_recall_at_10"] >= summary["als_recall_at_10"]  # the ceiling of re-ranking what was shown
+
+
+def test_als_candidates_have_min_k_unseen_rows_per_user(spark, chain):
+    from recpipe import io, paths
+
+    cfg, D, summary = chain
+    candidates = io.read_path(spark, paths.join_uri(cfg.table_path("als", D), "candidates"))
+    per_user = candidates.groupBy("user_idx").count()
+    assert per_user.agg({"count": "max"}).first()[0] == cfg.als.top_k
+    assert candidates.count() == summary["candidate_rows"]
+
+
+def test_the_als_run_is_in_mlflow_and_registered(chain):
+    import mlflow
+
+    from recpipe.tracking import tracking_uri
+
+    cfg, D, summary = chain
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    experiment = client.get_experiment_by_name("recpipe-als")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.date = '{D}'")
+    ours = [r for r in runs if r.data.metrics.get("als_recall_at_50") == pytest.approx(summary["als_recall_at_50"])
+            and r.data.metrics.get("candidate_rows") == summary["candidate_rows"]]
+    assert len(ours) == 1, "the ALS run of this date with these metrics is in MLflow"
+    versions = client.search_model_versions("name='als-candidates'")
+    assert ours[0].info.run_id in {v.run_id for v in versions}
 
 
 def test_attention_beats_mean_pooling_and_both_beat_als_and_popularity(trained):
