@@ -120,3 +120,54 @@ def test_per_rank_batch_must_split_the_global_batch_evenly():
     with pytest.raises(ValueError, match="split evenly"):
         per_rank_batch(65, 2)
     assert torch.equal(torch.tensor(steps_per_epoch(1, 64)), torch.tensor(1))
+
+
+def exchange_on_rank(rank: int, port: int, results) -> None:
+    """Rank `rank` of 2 gloo processes: the object exchanges, then 200 broadcasts each
+    followed by `released`; puts (rank, what came back, the largest use count seen)."""
+    import torch.distributed as td
+
+    from recpipe.ranker import dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    dist.setup(use_gpu=False, timeout_s=60)
+    try:
+        gathered = dist.gather_to_main({"rank": rank, "rows": list(range(10 ** (rank + 1)))})  # unequal sizes
+        broadcast = dist.broadcast_from_main({"from": rank, "note": "é" * 3})
+        largest = 0
+        for _ in range(200):
+            tensor = torch.zeros(1000)
+            td.broadcast(tensor, src=0)
+            dist.released(tensor)
+            largest = max(largest, tensor._use_count())
+        results.put((rank, gathered, broadcast, largest))
+    finally:
+        dist.cleanup()
+
+
+def test_object_exchanges_and_no_collective_tensor_is_left_to_the_worker_threads():
+    # Without `released`, a blocking broadcast returns while gloo's worker thread still holds
+    # the tensor now and then; freeing it from that thread during interpreter shutdown aborts
+    # the process (seen as a rare SIGABRT at the end of torchrun runs).
+    import multiprocessing
+
+    from tests.conftest import free_port
+
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    port = free_port()
+    ranks = [context.Process(target=exchange_on_rank, args=(r, port, results)) for r in (0, 1)]
+    for process in ranks:
+        process.start()
+    outcomes = {}
+    for _ in ranks:
+        rank, gathered, broadcast, largest = results.get(timeout=120)
+        outcomes[rank] = (gathered, broadcast, largest)
+    for process in ranks:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+
+    assert outcomes[0][0] == [{"rank": 0, "rows": list(range(10))}, {"rank": 1, "rows": list(range(100))}]
+    assert outcomes[1][0] is None
+    assert outcomes[0][1] == outcomes[1][1] == {"from": 0, "note": "ééé"}
+    assert outcomes[0][2] == outcomes[1][2] == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import pickle
+import time
 from typing import Any
 
 import torch
@@ -70,25 +72,79 @@ def all_reduce_sum(values: list[float], dev: torch.device) -> list[float]:
         return list(values)
     tensor = torch.tensor(values, dtype=torch.float64, device=dev)
     td.all_reduce(tensor)  # all-reduce: a sync point across ranks
+    released(tensor)
     return tensor.tolist()
 
 
 def gather_to_main(obj: Any) -> list[Any] | None:
-    """Every rank's `obj` as a list on rank 0 (None on the others)."""
+    """Every rank's `obj` as a list on rank 0 (None on the others). A sync point.
+
+    What `torch.distributed.gather_object` does, on tensors this module owns so that it
+    can wait for them to be `released` (the last exchanges of a run precede its exit).
+    """
     if not td.is_initialized():
         return [obj]
-    out = [None] * world_size() if is_main() else None
-    td.gather_object(obj, out, dst=0)  # a sync point: every rank must call it
-    return out
+    payload = _encode(obj)
+    size = torch.tensor([payload.numel()], dtype=torch.int64, device=payload.device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size())]
+    td.all_gather(sizes, size)
+    released(size, *sizes)
+    lengths = [int(s) for s in sizes]
+    padded = torch.zeros(max(lengths), dtype=torch.uint8, device=payload.device)
+    padded[: payload.numel()] = payload
+    gathered = [torch.empty_like(padded) for _ in lengths] if is_main() else None
+    td.gather(padded, gathered, dst=0)
+    released(padded, *(gathered or []))
+    if not is_main():
+        return None
+    return [_decode(g[:n]) for g, n in zip(gathered, lengths)]
 
 
 def broadcast_from_main(obj: Any) -> Any:
-    """Rank 0's `obj` on every rank."""
+    """Rank 0's `obj` on every rank. A sync point; `torch.distributed.broadcast_object_list`
+    on tensors this module owns, as in `gather_to_main`."""
     if not td.is_initialized():
         return obj
-    box = [obj]
-    td.broadcast_object_list(box, src=0)  # a sync point
-    return box[0]
+    payload = _encode(obj) if is_main() else None
+    device = _exchange_device()
+    size = torch.tensor([payload.numel() if payload is not None else 0], dtype=torch.int64, device=device)
+    td.broadcast(size, src=0)
+    released(size)
+    data = payload if payload is not None else torch.empty(int(size), dtype=torch.uint8, device=device)
+    td.broadcast(data, src=0)
+    released(data)
+    return obj if is_main() else _decode(data)
+
+
+def released(*tensors: torch.Tensor, timeout_s: float = 10.0) -> None:
+    """Wait (bounded) until the backend's worker threads hold no reference to `tensors`.
+
+    A blocking collective returns when its work is done, a moment before gloo's worker
+    thread drops the work and the work's references to the tensors. If that drop is the
+    last reference to a tensor made in Python, the worker thread must take the GIL to free
+    it; when the process is already shutting down, that aborts it ("terminate called
+    without an active exception", about one torchrun run in 40 here; the process group
+    outlives destroy_process_group once DDP has used it, so its threads are still there).
+    Waiting here leaves the last reference to this thread.
+    """
+    deadline = time.monotonic() + timeout_s
+    while any(t._use_count() > 1 for t in tensors) and time.monotonic() < deadline:
+        time.sleep(0.0001)
+
+
+def _exchange_device() -> torch.device:
+    """Where object exchanges live: NCCL moves CUDA tensors only, gloo CPU ones."""
+    if td.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _encode(obj: Any) -> torch.Tensor:
+    return torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(_exchange_device())
+
+
+def _decode(data: torch.Tensor) -> Any:
+    return pickle.loads(data.cpu().numpy().tobytes())
 
 
 def broadcast_buffers(module: torch.nn.Module) -> None:
