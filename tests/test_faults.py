@@ -31,16 +31,15 @@ def staging_folders(lake: Path) -> list[Path]:
 
 def test_a_driver_killed_mid_write_of_features_leaves_the_previous_output_intact(spark, tmp_path):
     from recpipe.config import load_config
-    from recpipe.etl import features
+    from recpipe.etl import clean, features
     from recpipe.generate import run as generate
-    from recpipe.pipeline import run_stages
 
     root = tmp_path / "root"
     settings = [f"paths.root={root}", *TINY]
     cfg = load_config(LOCAL_CONF, settings)
     generate(cfg)
     D = cfg.generate.dates[-1]
-    run_stages(spark, cfg, cfg.generate.dates, ["clean"])
+    clean.run_range(spark, cfg, cfg.generate.dates[0], D)
     features.run(spark, cfg, D)
     before = {t: content_digest(cfg.table_path(t, D)) for t in FEATURE_TABLES}
 
