@@ -75,6 +75,26 @@ def test_time_split_shares_the_whole_evaluation_period(spark):
 
 
 @pytest.mark.spark
+def test_user_holdout_sends_every_row_of_a_held_out_user_to_evaluation_whatever_its_time(spark):
+    from pyspark.sql import functions as F
+
+    cutoff = day_start_ms(D)
+    times = [cutoff - 400 * DAY_MS, cutoff - 1, cutoff, cutoff + 5 * DAY_MS]
+    frame = spark.createDataFrame([(u, t) for u in range(400) for t in times], "user_idx int, ts_ms long")
+    split = assign_splits(frame, cutoff, "user_holdout", 0.5, seed=7, eval_end_ms=cutoff + 10 * DAY_MS,
+                          holdout_share=0.3)
+    per_user = {r["user_idx"]: set(r["splits"]) for r in
+                split.groupBy("user_idx").agg(F.collect_set("split").alias("splits")).collect()}
+    assert all(len(s) == 1 for s in per_user.values())  # one split per user, before and after the cut-off
+    held = [u for u, s in per_user.items() if s != {TRAIN}]
+    assert 0.2 < len(held) / 400 < 0.4  # holdout_share of the users, by a seeded hash
+    valid = sum(per_user[u] == {VALID} for u in held)
+    assert 0.3 < valid / len(held) < 0.7  # valid_share of the held-out users
+    again = assign_splits(frame, cutoff, "user_holdout", 0.5, seed=7, holdout_share=0.3)
+    assert sorted(map(tuple, again.collect())) == sorted(map(tuple, split.collect()))  # not tied to the eval end
+    assert {r["split"] for r in assign_splits(frame, cutoff, "user_holdout", 0.5, seed=7).collect()} == {TRAIN}
+
+@pytest.mark.spark
 def test_relevant_items_cover_the_evaluation_days(spark):
     from recpipe.als.evaluate import relevant_items
 

@@ -3,7 +3,6 @@ lines counted, the DIN label rule, and the real ml-latest-small release."""
 
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import json
 import zipfile

@@ -8,7 +8,6 @@ One run for the module (the slowest fixture of the suite); every test reads it.
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import numpy as np
 import pandas as pd

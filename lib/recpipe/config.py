@@ -159,6 +159,7 @@ class FeaturesConfig:
     train_days: int
     eval_split: str
     valid_share: float
+    holdout_share: float
     negative_sampling_rate: float
     sampling_seed: int
     row_group_mb: int

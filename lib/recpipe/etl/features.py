@@ -383,6 +383,8 @@ def check_config(fc: FeaturesConfig) -> None:
         raise bad("eval_split", f"must be one of {', '.join(S.EVAL_SPLITS)}, got {fc.eval_split!r}")
     if not 0.0 <= fc.valid_share <= 1.0:
         raise bad("valid_share", "must be between 0 and 1")
+    if not 0.0 <= fc.holdout_share < 1.0:
+        raise bad("holdout_share", "must be at least 0 and below 1 (someone must train)")
     if not 0.0 < fc.negative_sampling_rate <= 1.0:
         raise bad("negative_sampling_rate", "must be in (0, 1]")
     for key in ("row_group_mb", "max_records_per_file", "min_files_per_split", "files_per_day", "attribution_minutes"):
@@ -474,6 +476,7 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
             attribution_minutes=fc.attribution_minutes,
             eval_split=fc.eval_split,
             valid_share=fc.valid_share,
+            holdout_share=fc.holdout_share,
             negative_sampling_rate=fc.negative_sampling_rate,
             seed=fc.sampling_seed,
         )
@@ -525,6 +528,7 @@ def write_samples_and_meta(samples: DataFrame, cfg: Config, date: dt.date, windo
         "eval_days": cfg.evaluation.days,
         "eval_split": fc.eval_split,
         "valid_share": fc.valid_share,
+        "holdout_share": fc.holdout_share,
         "negative_sampling_rate": fc.negative_sampling_rate,
         "sampling_seed": fc.sampling_seed,
         "rows": rows,

@@ -39,7 +39,7 @@ from recpipe.schema import (
 
 TRAIN, VALID, TEST = "train", "valid", "test"
 SPLITS = (TRAIN, VALID, TEST)
-EVAL_SPLITS = ("user_hash", "time")
+EVAL_SPLITS = ("user_hash", "time", "user_holdout")
 META_FILE = "_meta.json"
 
 SAMPLE_COLUMNS = (EVENT_ID, USER_IDX, ITEM_IDX, CAT_IDX, LABEL, HIST_ITEMS, HIST_CATS, HIST_LEN,
@@ -99,29 +99,42 @@ def label_impressions(impressions: DataFrame, events: DataFrame, attribution_min
 
 
 def assign_splits(labelled: DataFrame, cutoff_ms: int, eval_split: str, valid_share: float, seed: int,
-                  eval_end_ms: int | None = None) -> DataFrame:
-    """Add `split` by time: before the cut-off is train; the evaluation days go to valid or test.
+                  eval_end_ms: int | None = None, holdout_share: float = 0.0) -> DataFrame:
+    """Add `split`: train, valid or test.
 
     Args:
         labelled: impressions of the train window and of the evaluation days, with `user_idx`, `ts_ms`.
         cutoff_ms: D 00:00 UTC in epoch ms.
-        eval_split: `user_hash` (a seeded hash of user_idx below `valid_share` is valid, so a
-            user's evaluation rows are never split between valid and test) or `time` (the
-            first `valid_share` of the evaluation days is valid).
+        eval_split: how rows split, by time unless `user_holdout`:
+            `user_hash`: before the cut-off is train; on the evaluation days a seeded hash of
+            user_idx below `valid_share` is valid, the rest test (a user's evaluation rows are
+            never split between valid and test);
+            `time`: before the cut-off is train; the first `valid_share` of the evaluation
+            days is valid, the rest test;
+            `user_holdout` (the DIN paper's MovieLens protocol): a seeded hash of user_idx
+            below `holdout_share` holds the user out, and all of a held-out user's rows, at
+            any time, evaluate (valid or test by the `user_hash` rule); every other user's
+            rows train. Training then sees days after some evaluation rows, never the
+            held-out users.
         valid_share: share of the evaluation days (users or time) in valid.
         seed: hash seed.
         eval_end_ms: end of the evaluation days; default one day after the cut-off.
+        holdout_share: share of users held out, for `user_holdout` only.
     """
     eval_ms = (eval_end_ms if eval_end_ms is not None else cutoff_ms + DAY_MS) - cutoff_ms
+    by_user = _uniform(F.lit("valid"), F.col(USER_IDX), F.lit(seed)) < valid_share
     if eval_split == "user_hash":
-        to_valid = _uniform(F.lit("valid"), F.col(USER_IDX), F.lit(seed)) < valid_share
+        to_train, to_valid = F.col(TS_MS) < cutoff_ms, by_user
     elif eval_split == "time":
-        to_valid = F.col(TS_MS) < F.lit(cutoff_ms + int(valid_share * eval_ms))
+        to_train, to_valid = F.col(TS_MS) < cutoff_ms, F.col(TS_MS) < F.lit(cutoff_ms + int(valid_share * eval_ms))
+    elif eval_split == "user_holdout":
+        to_train = _uniform(F.lit("holdout"), F.col(USER_IDX), F.lit(seed)) >= holdout_share
+        to_valid = by_user
     else:
         raise ValueError(f"unknown eval_split {eval_split!r}; expected one of {EVAL_SPLITS}")
     return labelled.withColumn(
         SPLIT,
-        F.when(F.col(TS_MS) < cutoff_ms, F.lit(TRAIN)).when(to_valid, F.lit(VALID)).otherwise(F.lit(TEST)),
+        F.when(to_train, F.lit(TRAIN)).when(to_valid, F.lit(VALID)).otherwise(F.lit(TEST)),
     )
 
 
@@ -143,7 +156,8 @@ def downsample_negatives(samples: DataFrame, rate: float, seed: int) -> DataFram
 def build_samples(impressions: DataFrame, events: DataFrame, interactions: DataFrame, user_dense: DataFrame,
                   item_dense: DataFrame, item_categories: DataFrame, *, date: dt.date, train_start_ms: int,
                   cutoff_ms: int, eval_end_ms: int, history_length: int, attribution_minutes: int, eval_split: str,
-                  valid_share: float, negative_sampling_rate: float, seed: int) -> DataFrame:
+                  valid_share: float, negative_sampling_rate: float, seed: int,
+                  holdout_share: float = 0.0) -> DataFrame:
     """The ranker samples of the train window and of the evaluation days from D on.
 
     Args:
@@ -161,7 +175,7 @@ def build_samples(impressions: DataFrame, events: DataFrame, interactions: DataF
     """
     kept = (
         label_impressions(impressions, events, attribution_minutes)
-        .transform(lambda f: assign_splits(f, cutoff_ms, eval_split, valid_share, seed, eval_end_ms))
+        .transform(lambda f: assign_splits(f, cutoff_ms, eval_split, valid_share, seed, eval_end_ms, holdout_share))
         .transform(lambda f: downsample_negatives(f, negative_sampling_rate, seed))
     )
     return (
