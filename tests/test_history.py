@@ -136,3 +136,12 @@ def test_platt_logloss_matches_a_calibrated_score_and_is_nan_without_both_labels
     got = platt_logloss(scores[:10_000] * 7 + 3, labels[:10_000], scores[10_000:] * 7 + 3, labels[10_000:])
     assert got == pytest.approx(expected, abs=0.005)  # any affine rescaling of the score is undone
     assert np.isnan(platt_logloss(scores[:10], np.zeros(10), scores[:10], labels[:10]))
+
+
+def test_report_names_the_split_rule_the_samples_were_built_with():
+    from recpipe.report import ranker_split_rule
+
+    holdout = ranker_split_rule({"eval_split": "user_holdout", "valid_share": 0.25, "holdout_share": 0.4})
+    assert "holds out 40% of the users" in holdout and "25% of them valid" in holdout
+    assert "first 50% of the evaluation period" in ranker_split_rule({"eval_split": "time", "valid_share": 0.5})
+    assert "30% of them valid" in ranker_split_rule({"eval_split": "user_hash", "valid_share": 0.3})

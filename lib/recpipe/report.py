@@ -183,8 +183,8 @@ def render(*, cutoff: dt.date, first: dt.date, last: dt.date, ingest: Mapping, m
         f"- Temporal split at **{cutoff}**: ratings before it train ({first} to {cutoff - dt.timedelta(days=1)}, "
         f"{train_days:,} days), ratings from it on evaluate ({cutoff} to {last}).",
         f"- Ranker rows: train {rows['train']:,} ({positives['train']:,} clicks), valid {rows['valid']:,} "
-        f"({positives['valid']:,}), test {rows['test']:,} ({positives['test']:,}); the raters after the cut-off are "
-        f"split in half by a seeded hash of the user (`features.eval_split: {meta['eval_split']}`).",
+        f"({positives['valid']:,}), test {rows['test']:,} ({positives['test']:,}); {ranker_split_rule(meta)} "
+        f"(`features.eval_split: {meta['eval_split']}`).",
         "",
         "## Candidates: ALS vs popularity",
         "",
@@ -239,6 +239,18 @@ def render(*, cutoff: dt.date, first: dt.date, last: dt.date, ingest: Mapping, m
         "",
     ]
     return "\n".join(lines)
+
+
+def ranker_split_rule(meta: Mapping) -> str:
+    """How the samples' `_meta.json` says the ranker rows were split, in words."""
+    share = float(meta["valid_share"])
+    if meta["eval_split"] == "user_holdout":
+        return (f"a seeded hash of the user holds out {float(meta['holdout_share']):.0%} of the users, and every "
+                f"rating of theirs, before the cut-off too, evaluates ({share:.0%} of them valid, the rest test); "
+                "the other users' ratings train (the DIN paper's protocol)")
+    if meta["eval_split"] == "time":
+        return f"the first {share:.0%} of the evaluation period is valid, the rest test"
+    return f"the raters after the cut-off are split by a seeded hash of the user, {share:.0%} of them valid"
 
 
 def write_results(spark: SparkSession, cfg: Config, cutoff: dt.date | None, output: str,
