@@ -78,7 +78,11 @@ def scenario(spark, tmp_path_factory):
     from tests.conftest import LOCAL_CONF
 
     root = tmp_path_factory.mktemp("nightly") / "root"
-    cfg = load_config(LOCAL_CONF, [f"paths.root={root}", *DATA])
+
+    def config(*extra: str):
+        return load_config(LOCAL_CONF, [f"paths.root={root}", *DATA, *extra])
+
+    cfg = config()
     generate(cfg)
     days = cfg.generate.dates
     D = days[4]
@@ -108,14 +112,14 @@ def scenario(spark, tmp_path_factory):
     seen["trained_tags"] = client.get_model_version(MODEL, trained).tags
 
     client.set_registered_model_alias(MODEL, "champion", trained)
-    broken = load_config(LOCAL_CONF, [f"paths.root={root}", *DATA, "ranker.batch_size=1001"])  # not divisible by 2 ranks
+    broken = config("ranker.batch_size=1001")  # not divisible by 2 ranks
     with pytest.raises(NightlyError) as crash:
         nightly(broken, [D], from_stage="train")
     seen["crash"] = (str(crash.value), crash.value.outcomes)
     seen["after_crash"] = aliases(client)
 
     versions_before = {v.version for v in client.search_model_versions(f"name='{MODEL}'")}
-    one_epoch = load_config(LOCAL_CONF, [f"paths.root={root}", *DATA, "ranker.epochs=1"])  # order, not quality
+    one_epoch = config("ranker.epochs=1")  # the backfill checks order and registration, not quality
     seen["backfill"] = nightly(one_epoch, days[5:8], promote_last_only=True)
     seen["backfill_versions"] = {v.version for v in client.search_model_versions(f"name='{MODEL}'")} - versions_before
     seen["after_backfill"] = aliases(client)
