@@ -45,12 +45,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    """local[2] Spark with few shuffle partitions, UI off, scratch space in a temp dir.
-
-    The tests' data is tiny, so the driver JVM spends its CPU compiling, not computing:
-    the C1 compiler alone and the serial collector leave more of the two cores to the work
-    (test_features.py: 72 and 77 s against 84 and 83 s with the JVM's defaults).
-    """
+    """local[2] Spark with few shuffle partitions, UI off, scratch space in a temp dir."""
     from recpipe.config import load_config
     from recpipe.spark import get_spark
 
@@ -63,7 +58,7 @@ def spark(tmp_path_factory):
             "spark.shuffle_partitions=4",
             f"spark.local_dir={scratch / 'local'}",
             "spark.extra={spark.ui.enabled: 'false', spark.sql.warehouse.dir: "
-            f"'{scratch / 'warehouse'}', spark.driver.extraJavaOptions: '-Dderby.system.home={scratch} -XX:TieredStopAtLevel=1 -XX:+UseSerialGC'}}",
+            f"'{scratch / 'warehouse'}', spark.driver.extraJavaOptions: '-Dderby.system.home={scratch}'}}",
         ],
     )
     session = get_spark(cfg, "tests")
