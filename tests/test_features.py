@@ -277,6 +277,8 @@ def test_run_rejects_a_bad_features_setting_by_name(spark, make_config):
         run(spark, make_config("features.eval_split=random"), D)
     with pytest.raises(ConfigError, match="features.negative_sampling_rate"):
         run(spark, make_config("features.negative_sampling_rate=0.0"), D)
+    with pytest.raises(ConfigError, match="features.holdout_share"):
+        run(spark, make_config("features.eval_split=user_holdout", "features.holdout_share=1.0"), D)
 
 
 # --- the stage end to end ------------------------------------------------------------

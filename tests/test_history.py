@@ -94,6 +94,7 @@ def test_user_holdout_sends_every_row_of_a_held_out_user_to_evaluation_whatever_
     assert sorted(map(tuple, again.collect())) == sorted(map(tuple, split.collect()))  # not tied to the eval end
     assert {r["split"] for r in assign_splits(frame, cutoff, "user_holdout", 0.5, seed=7).collect()} == {TRAIN}
 
+
 @pytest.mark.spark
 def test_relevant_items_cover_the_evaluation_days(spark):
     from recpipe.als.evaluate import relevant_items
