@@ -67,14 +67,15 @@ def test_keep_best_orders_by_score_then_id():
     assert best_ids.tolist() == [[3, 2, 7]] and best_scores.tolist() == [[pytest.approx(0.9), 0.5, 0.5]]
 
 
-def test_block_size_does_not_change_the_result():
+def test_block_sizes_do_not_change_the_result():
     rng = np.random.default_rng(0)
     users, items = rng.normal(size=(20, 4)).astype(np.float32), rng.normal(size=(37, 4)).astype(np.float32)
     item_ids = np.arange(1, 38) * 3
     seen = [item_ids[rng.choice(37, size=5, replace=False)] for _ in range(20)]
     whole = top_k_block(users, item_ids, items, seen, 10, block_size=1000)
-    blocked = top_k_block(users, item_ids, items, seen, 10, block_size=4)
+    blocked = top_k_block(users, item_ids, items, seen, 10, block_size=4, user_block_size=3)
     assert np.array_equal(whole[0], blocked[0])
+    assert np.allclose(whole[1], blocked[1])
     expected = users @ items.T
     for row, excluded in enumerate(seen):
         order = [i for i in np.argsort(-expected[row], kind="stable") if item_ids[i] not in set(excluded)][:10]

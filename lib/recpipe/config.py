@@ -185,6 +185,7 @@ class AlsConfig:
     eval_ks: tuple
     eval_users: str
     item_block_size: int
+    user_block_size: int
     register_model: bool
 
 

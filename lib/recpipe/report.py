@@ -102,7 +102,7 @@ def leave_last_out(spark: SparkSession, cfg: Config, first: dt.date, last: dt.da
     seen = seen_items(interactions)
     max_k = max(REPORT_KS)
     candidates = top_k_candidates(model.userFactors, model.itemFactors, seen if cfg.als.exclude_seen else None,
-                                  max_k, cfg.als.item_block_size)
+                                  max_k, cfg.als.item_block_size, cfg.als.user_block_size)
     relevant = held.select(USER_IDX, RELEVANT)
     methods = {
         "als": ranked_lists(candidates, ALS_SCORE, max_k),

@@ -43,7 +43,12 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
 
     seen = seen_items(interactions)
     candidates = top_k_candidates(
-        model.userFactors, model.itemFactors, seen if als_cfg.exclude_seen else None, als_cfg.top_k, als_cfg.item_block_size
+        model.userFactors,
+        model.itemFactors,
+        seen if als_cfg.exclude_seen else None,
+        als_cfg.top_k,
+        als_cfg.item_block_size,
+        als_cfg.user_block_size,
     )
     write_outputs(cfg, date, model, candidates)
     candidates = io.read_path(spark, als_output(cfg, date, "candidates"))
