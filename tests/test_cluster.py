@@ -9,8 +9,12 @@ ranks as barrier tasks on the executors), `make cluster-down`.
 - A worker JVM killed by its process id in the middle of `clean`: Spark retries the lost
   tasks on the surviving worker and the output equals an undisturbed run's.
 
-The whole `make run-cluster` comparison is opt-in (RECPIPE_TEST_CLUSTER_RUN=1, about 11
-minutes on 2 cores); cluster-up/down, a submitted stage, the kill and the server run always.
+- The ranker's training function as two DDP ranks in barrier tasks, one on each worker's
+  executor (TorchDistributor, local_mode=False), on toy data.
+
+The whole `make run-cluster` comparison is opt-in (RECPIPE_TEST_CLUSTER_RUN=1, 6 to 11
+minutes on 2 cores); cluster-up/down, the barrier DDP ranks, a submitted stage, the kill
+and the server run always.
 """
 
 from __future__ import annotations
@@ -172,6 +176,46 @@ def test_every_stage_was_its_own_application_and_ddp_ran_on_the_executors(cluste
     # TorchDistributor in barrier mode: the two ranks are barrier tasks on the two workers' executors.
     assert "Started distributed training with 2 executor processes" in cluster_run.stderr
     synced = {f.parts[-4] for f in (cluster["home"] / "run").glob("worker-*/app-*/*/stderr")
+              if "has entered the global sync" in f.read_text(errors="replace")}
+    assert synced == {"worker-0", "worker-1"}
+
+
+# A driver of its own (the test session already holds a local SparkContext) that runs two DDP
+# ranks of the ranker's training function as barrier tasks on the cluster's executors.
+BARRIER_DRIVER = """
+import json, sys
+from pyspark.ml.torch.distributor import TorchDistributor
+from pyspark.sql import SparkSession
+from recpipe.ranker.trainer import TrainJob, train
+
+master, spec = sys.argv[1], json.loads(sys.argv[2])
+spark = SparkSession.builder.master(master).appName("recpipe-ddp-check").getOrCreate()
+result = TorchDistributor(num_processes=2, local_mode=False, use_gpu=False).run(train, TrainJob(**spec))
+print(json.dumps({"app": spark.sparkContext.applicationId, "world_size": result["world_size"],
+                  "steps": result["steps"], "checksums": result["checksums"]}))
+spark.stop()
+"""
+
+
+def test_ddp_ranks_run_as_barrier_tasks_on_both_workers_executors(cluster, tmp_path):
+    """What `make run-cluster`'s train stage does with `ranker.local_mode: false`, on toy data:
+    cheap enough for every run of the suite, where the whole `make run-cluster` is opt-in."""
+    from recpipe.ranker.toy import toy_model_config, write_toy_split
+
+    rows = write_toy_split(str(tmp_path / "train"), [200, 200, 200, 200], files=2)
+    spec = dict(name="attention", model_config=toy_model_config().to_dict(), train_location=str(tmp_path / "train"),
+                valid_location="", train_rows=rows, checkpoint_dir=str(tmp_path / "ckpt"), global_batch_size=64,
+                epochs=1, shuffle_queue=256, reader_workers=1, progress=False, seed=3)
+    # Outside spark-submit, spark.pyspark.python is not read: the executors' Python comes from the environment.
+    env = {**subprocess_env(), "PYSPARK_PYTHON": sys.executable}
+    driver = subprocess.run([sys.executable, "-c", BARRIER_DRIVER, cluster["cfg"].spark.master, json.dumps(spec)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-6000:]
+    result = json.loads(driver.stdout.strip().splitlines()[-1])
+
+    assert result["world_size"] == 2 and result["steps"] == 13
+    assert len(result["checksums"]) == 2 and result["checksums"][0] == result["checksums"][1]
+    synced = {f.parts[-4] for f in (cluster["home"] / "run").glob(f"worker-*/{result['app']}/*/stderr")
               if "has entered the global sync" in f.read_text(errors="replace")}
     assert synced == {"worker-0", "worker-1"}
 

@@ -13,15 +13,14 @@ import pytest
 import torch
 
 from recpipe.ranker import checkpoints
-from recpipe.ranker.model import RankerModelConfig, build_model
-from recpipe.ranker.toy import write_toy_split
+from recpipe.ranker.model import build_model
+from recpipe.ranker.toy import toy_model_config, write_toy_split
 from recpipe.ranker.trainer import TrainJob, parameter_checksum, steps_per_epoch, train
 
 pytestmark = [pytest.mark.ddp, pytest.mark.timeout(300),
               pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")]
 
-MODEL = RankerModelConfig(item_vocab=200, cat_vocab=11, history_length=8, user_dense_dim=3, item_dense_dim=2,
-                          item_embedding_dim=8, cat_embedding_dim=4, attention_hidden=(16,), head_hidden=(16,))
+MODEL = toy_model_config()
 
 
 def job(tmp_path: Path, groups: list[int], **overrides) -> TrainJob:

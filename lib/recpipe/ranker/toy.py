@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recpipe.ranker.model import RankerModelConfig
+
 
 def toy_arrays(rows: int, *, history_length: int = 8, items: int = 200, categories: int = 10, user_dense: int = 3,
                item_dense: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
@@ -71,3 +73,9 @@ def write_toy_split(folder: str, row_group_sizes: Sequence[int], *, files: int =
     for writer in writers:
         writer.close()
     return start
+
+
+def toy_model_config() -> RankerModelConfig:
+    """A small ranker for toy_arrays' default shape (categories + 1 for the padding index)."""
+    return RankerModelConfig(item_vocab=200, cat_vocab=11, history_length=8, user_dense_dim=3, item_dense_dim=2,
+                             item_embedding_dim=8, cat_embedding_dim=4, attention_hidden=(16,), head_hidden=(16,))
