@@ -57,10 +57,10 @@ ETL_TABLES = ["events", "rejects", "dim_users", "dim_items", "dim_categories", "
 # other processes, and float reductions in training need not run in the same order.
 RANKER_TOLERANCE = 0.02
 MAKE_TIMEOUT_S = 1500
-# The whole `make run-cluster` takes about 11 minutes on 2 cores (eight applications, each
+# The whole `make run-cluster` takes 6 to 11 minutes on 2 cores (eight applications, each
 # with a cold driver and two cold executors), more than the suite can spend: opt in.
 full_run = pytest.mark.skipif(os.environ.get("RECPIPE_TEST_CLUSTER_RUN") != "1",
-                              reason="runs the whole `make run-cluster` (~11 min); set RECPIPE_TEST_CLUSTER_RUN=1")
+                              reason="runs the whole `make run-cluster` (6 to 11 min); set RECPIPE_TEST_CLUSTER_RUN=1")
 
 
 def make(target: str, profile, timeout_s: int = 300) -> subprocess.CompletedProcess:
