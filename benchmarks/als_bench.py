@@ -135,14 +135,15 @@ def fit_implicit(matrix: sp.csr_matrix, rank: int, reg: float, iters: int, seed:
     return model
 
 
-def recall_at_k(user_ids, user_vecs, item_ids, item_vecs, train, held, k, sample_users) -> float:
-    """Mean recall@k over the sampled users with held-out items, seen items excluded."""
+def recall_at_k(user_ids, user_vecs, item_ids, item_vecs, train, held, k, sample_users, blocks: dict) -> float:
+    """Mean recall@k over the sampled users with held-out items, seen items excluded;
+    blocks: top_k_block's block sizes."""
     position = {u: i for i, u in enumerate(user_ids)}
     users = [u for u in sample_users if u in position]
     seen = train[train.user_idx.isin(users)].groupby("user_idx").item_idx.apply(np.array)
     truth = held[held.user_idx.isin(users)].groupby("user_idx").item_idx.apply(set)
     rows = np.array([position[u] for u in users])
-    best, _ = top_k_block(user_vecs[rows], item_ids, item_vecs, [seen.get(u) for u in users], k, 20000)
+    best, _ = top_k_block(user_vecs[rows], item_ids, item_vecs, [seen.get(u) for u in users], k, **blocks)
     recalls = [len(set(best[i]) & truth[u]) / len(truth[u]) for i, u in enumerate(users) if u in truth]
     return float(np.mean(recalls)) if recalls else float("nan")
 
@@ -161,6 +162,7 @@ def run(args) -> dict:
     overrides = [f"paths.root={args.root}", "spark.master=local[2]", f"spark.driver_memory={args.driver_memory}",
                  "spark.extra={spark.ui.enabled: 'false'}"]
     cfg = load_config(REPO / "conf" / "local.yaml", overrides)
+    blocks = {"block_size": cfg.als.item_block_size, "user_block_size": cfg.als.user_block_size}  # the pipeline's
     spark = get_spark(cfg, "als-bench")
     spark.sparkContext.setLogLevel("ERROR")
     scratch = tempfile.mkdtemp(prefix="als-bench-")
@@ -185,7 +187,7 @@ def run(args) -> dict:
 
     if args.topk_only:  # the same seeded matrix as a full run; one Spark fit gives the factors to rank with
         spark_model = fit_spark(spark, train_path, args.rank, args.reg, args.alpha, args.iters, 1)
-        report.update(compare_top_k(spark_model, args.topk, args.equality_users))
+        report.update(compare_top_k(spark_model, args.topk, args.equality_users, blocks))
         spark.stop()
         return report
 
@@ -206,27 +208,26 @@ def run(args) -> dict:
     s_uid, s_u, s_iid, s_i = spark_factors(spark_model)
     all_users, all_items = np.arange(n_users), np.arange(n_items)
     for k in args.ks:
-        report[f"spark_recall_at_{k}"] = recall_at_k(s_uid, s_u, s_iid, s_i, train, held, k, eval_users)
+        report[f"spark_recall_at_{k}"] = recall_at_k(s_uid, s_u, s_iid, s_i, train, held, k, eval_users, blocks)
         report[f"implicit_recall_at_{k}"] = recall_at_k(
             all_users, np.asarray(implicit_model.user_factors, np.float32), all_items,
-            np.asarray(implicit_model.item_factors, np.float32), train, held, k, eval_users)
+            np.asarray(implicit_model.item_factors, np.float32), train, held, k, eval_users, blocks)
 
     print(json.dumps(report, indent=2), flush=True)  # the factorisations' figures, before the long top-K part
     if not args.skip_topk:
-        report.update(compare_top_k(spark_model, args.topk, args.equality_users))
+        report.update(compare_top_k(spark_model, args.topk, args.equality_users, blocks))
     spark.stop()
     return report
 
 
-def compare_top_k(model, k: int, equality_users: int) -> dict:
+def compare_top_k(model, k: int, equality_users: int, blocks: dict) -> dict:
     """Seconds of our blocked top-K and of recommendForAllUsers for every user, and whether
     they agree, for all users or, with equality_users > 0, for a random sample of that many
     (the check computes both lists again; at 20 M interactions all users would double the
     run's length)."""
     from pyspark.sql import functions as F
 
-    ours = top_k_candidates(model.userFactors, model.itemFactors, seen=None, k=k, block_size=20000,
-                            user_block_size=1024)
+    ours = top_k_candidates(model.userFactors, model.itemFactors, seen=None, k=k, **blocks)
     ours.limit(1).collect()  # warm-up: start the Python workers once
     _, ours_s = timed(lambda: ours.write.format("noop").mode("overwrite").save())
     theirs = model.recommendForAllUsers(k)
@@ -240,7 +241,7 @@ def compare_top_k(model, k: int, equality_users: int) -> dict:
     if equality_users:
         total = checked.count()
         checked = checked.sample(fraction=min(1.0, 1.1 * equality_users / total), seed=1).limit(equality_users).cache()
-        ours = top_k_candidates(checked, model.itemFactors, seen=None, k=k, block_size=20000, user_block_size=1024)
+        ours = top_k_candidates(checked, model.itemFactors, seen=None, k=k, **blocks)
         theirs = model.recommendForUserSubset(checked.withColumnRenamed("id", "user_idx"), k)
     timings["topk_users_checked"] = checked.count()
     mine = ours.groupBy("user_idx").agg(F.sort_array(F.collect_list("item_idx")).alias("a"))

@@ -37,7 +37,7 @@ def top_k_block(
     seen: list,
     k: int,
     block_size: int,
-    user_block_size: int = 1024,
+    user_block_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best k items per user, best first, equal scores in item id order.
 
@@ -120,7 +120,7 @@ def top_k_candidates(
     seen: DataFrame | None,
     k: int,
     block_size: int,
-    user_block_size: int = 1024,
+    user_block_size: int,
 ) -> DataFrame:
     """Top-k (user_idx, item_idx, als_score, rank) for every user with a factor.
 
