@@ -95,7 +95,8 @@ def small_model(spark, tmp_path_factory):
 def test_blocked_top_k_equals_recommend_for_all_users(small_model):
     _, model = small_model
     k = 15
-    ours = top_k_candidates(model.userFactors, model.itemFactors, seen=None, k=k, block_size=7, user_block_size=3).toPandas()
+    ours = top_k_candidates(model.userFactors, model.itemFactors, seen=None, k=k, block_size=7,
+                            user_block_size=3).toPandas()
     spark_recs = model.recommendForAllUsers(k).select("user_idx", F.posexplode("recommendations")).select(
         "user_idx", (F.col("pos") + 1).alias("rank"), "col.item_idx", F.col("col.rating").alias("score")
     ).toPandas()
@@ -113,7 +114,8 @@ def test_candidates_exclude_seen_and_fill_min_k_unseen(small_model):
     interactions, model = small_model
     k = 55  # more than some users' unseen items (60 items, 8 seen each, not all items have factors)
     seen = seen_items(interactions)
-    candidates = top_k_candidates(model.userFactors, model.itemFactors, seen, k=k, block_size=16, user_block_size=5).toPandas()
+    candidates = top_k_candidates(model.userFactors, model.itemFactors, seen, k=k, block_size=16,
+                                  user_block_size=5).toPandas()
     items_with_factors = {r.id for r in model.itemFactors.collect()}
     seen_by_user = {r.user_idx: set(r.seen) for r in seen.collect()}
     for user, rows in candidates.groupby("user_idx"):
