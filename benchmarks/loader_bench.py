@@ -27,14 +27,19 @@ import os
 import tempfile
 import time
 from itertools import islice
+from pathlib import Path
 
 import numpy as np
 import torch
-
-from recpipe.ranker.data import LABEL, TRAIN_COLUMNS, TrainStream, _fragments, tensor_batches
-from recpipe.ranker.model import RankerModelConfig, build_model, model_inputs
+from recpipe.config import load_config
+from recpipe.ranker.data import TrainStream, tensor_batches
+from recpipe.ranker.settings import network_settings
 from recpipe.ranker.toy import write_toy_split
-from recpipe.ranker.trainer import TrainJob, train
+from recpipe.ranker.trainer import TrainJob, from_ranker_config, train
+from recpipe.serving.model import RankerModelConfig, build_model, model_inputs
+from recpipe.splits import LABEL, TRAIN_COLUMNS, _fragments
+
+BASE_CONF = Path(__file__).resolve().parent.parent / "conf" / "base.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,7 +71,7 @@ def timed_rate(batches, batch_size: int, warmup: int = 2) -> float:
 
 def pyarrow_batches(location: str, batch_size: int):
     """Row group by row group with pyarrow, sliced into tensor batches (the ceiling)."""
-    from recpipe.ranker.data import _to_numpy
+    from recpipe.splits import _to_numpy
 
     for fragment in sorted(_fragments(location), key=lambda f: f.path):
         for group in range(fragment.metadata.num_row_groups):
@@ -81,13 +86,14 @@ def petastorm_batches(location: str, args: argparse.Namespace, shuffle_queue: in
 
 
 def model_config(args: argparse.Namespace) -> RankerModelConfig:
-    return RankerModelConfig(item_vocab=5001, cat_vocab=41, history_length=args.history, user_dense_dim=19,
-                             item_dense_dim=19)
+    settings = network_settings(load_config(BASE_CONF).ranker)
+    return RankerModelConfig(**settings, pooling="attention", item_vocab=5001, cat_vocab=41,
+                             history_length=args.history, user_dense_dim=19, item_dense_dim=19)
 
 
 def train_step_rate(args: argparse.Namespace, location: str) -> float:
     """Forward + backward + AdamW on in-memory batches (no loader)."""
-    from recpipe.ranker.data import read_split
+    from recpipe.splits import read_split
 
     arrays = read_split(location, TRAIN_COLUMNS)
     batches = list(islice(tensor_batches(arrays, args.batch, TRAIN_COLUMNS), args.train_batches + 2))
@@ -109,9 +115,11 @@ def train_step_rate(args: argparse.Namespace, location: str) -> float:
 
 def train_loop_rate(args: argparse.Namespace, location: str, rows: int, checkpoints: str) -> float:
     """The real training function, one process, one epoch over `rows` rows."""
+    settings = from_ranker_config(load_config(BASE_CONF).ranker)
     job = TrainJob(name="bench", model_config=model_config(args).to_dict(), train_location=location,
-                   valid_location="", train_rows=rows, checkpoint_dir=checkpoints, global_batch_size=args.batch,
-                   epochs=1, shuffle_queue=args.shuffle_queue, reader_workers=args.workers, progress=False)
+                   valid_location="", train_rows=rows, checkpoint_dir=checkpoints,
+                   **{**settings, "global_batch_size": args.batch, "epochs": 1, "shuffle_queue": args.shuffle_queue,
+                      "reader_workers": args.workers, "progress": False})
     return train(job)["history"][0]["samples_per_s"]
 
 

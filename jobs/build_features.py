@@ -1,4 +1,4 @@
-"""spark-submit entry for the features stage.
+"""spark-submit entry for the features stage, through the runner (lock, skip, marker).
 
     spark-submit --py-files dist/recpipe-*.whl jobs/build_features.py --conf conf/local.yaml --date D
 """

@@ -1,4 +1,4 @@
-"""spark-submit entry for the clean stage.
+"""spark-submit entry for the clean stage, through the runner (lock, skip, marker).
 
     spark-submit --py-files dist/recpipe-*.whl jobs/clean_events.py --conf conf/local.yaml --date D
 """

@@ -1,4 +1,4 @@
-"""spark-submit entry for the champion/challenger gate.
+"""spark-submit entry for the champion/challenger gate, through the runner (lock, skip, marker).
 
     spark-submit --py-files dist/recpipe-*.whl jobs/promote_ranker.py --conf conf/local.yaml --date D
 """

@@ -1,4 +1,4 @@
-"""spark-submit entry for batch scoring with the champion.
+"""spark-submit entry for batch scoring with the champion, through the runner (lock, skip, marker).
 
     spark-submit --py-files dist/recpipe-*.whl jobs/score_candidates.py --conf conf/local.yaml --date D
 """

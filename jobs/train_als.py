@@ -1,4 +1,4 @@
-"""spark-submit entry for the ALS stage.
+"""spark-submit entry for the ALS stage, through the runner (lock, skip, marker).
 
     spark-submit --py-files dist/recpipe-*.whl jobs/train_als.py --conf conf/local.yaml --date D
 """

@@ -1,4 +1,4 @@
-"""spark-submit entry for the train stage (the attention ranker).
+"""spark-submit entry for the train stage (the attention ranker), through the runner (lock, skip, marker).
 
     spark-submit --py-files dist/recpipe-*.whl jobs/train_ranker.py --conf conf/local.yaml --date D [--resume]
 """

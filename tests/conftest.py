@@ -36,6 +36,22 @@ def subprocess_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PYTHONPATH", "SPARK_HOME")}
 
 
+def ranker_settings(**overrides) -> dict:
+    """TrainJob's `ranker:` fields as conf/local.yaml resolves them, with `overrides`."""
+    from recpipe.config import load_config
+    from recpipe.ranker.trainer import from_ranker_config
+
+    return {**from_ranker_config(load_config(LOCAL_CONF).ranker), **overrides}
+
+
+def network_settings(**overrides) -> dict:
+    """RankerModelConfig's `ranker:` fields as conf/local.yaml resolves them, with `overrides`."""
+    from recpipe.config import load_config
+    from recpipe.ranker.settings import network_settings as from_config
+
+    return {**from_config(load_config(LOCAL_CONF).ranker), **overrides}
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (for servers a test starts)."""
     with socket.socket() as s:

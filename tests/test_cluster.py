@@ -31,7 +31,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import LOCAL_CONF, REPO, content_digest, free_port, mlflow_server, subprocess_env
+from tests.conftest import LOCAL_CONF, REPO, content_digest, free_port, mlflow_server, network_settings, ranker_settings, subprocess_env
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.generate, pytest.mark.ddp, pytest.mark.timeout(1800)]
 
@@ -117,6 +117,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def local_run(spark, tmp_path_factory):
     """What `make run` does, in this process, on the same data."""
+    from recpipe import stages
     from recpipe.config import load_config
     from recpipe.generate import run as generate
     from recpipe.nightly import nightly
@@ -125,8 +126,8 @@ def local_run(spark, tmp_path_factory):
     cfg = load_config(LOCAL_CONF, [f"paths.root={tmp_path_factory.mktemp('local') / 'root'}", *TINY])
     generate(cfg)
     D = cfg.generate.dates[-1]
-    run_stages(spark, cfg, cfg.generate.dates[:-1], ["clean"])
-    run_stages(spark, cfg, [D - dt.timedelta(days=cfg.features.train_days)], ["als"])
+    run_stages(cfg, cfg.generate.dates[:-1], [stages.get("clean")])
+    run_stages(cfg, [D - dt.timedelta(days=cfg.features.train_days)], [stages.get("als")])
     outcomes = nightly(cfg, [D])
     assert {o.status for o in outcomes} == {"ok"}
     return cfg, D
@@ -203,9 +204,10 @@ def test_ddp_ranks_run_as_barrier_tasks_on_both_workers_executors(cluster, tmp_p
     from recpipe.ranker.toy import toy_model_config, write_toy_split
 
     rows = write_toy_split(str(tmp_path / "train"), [200, 200, 200, 200], files=2)
-    spec = dict(name="attention", model_config=toy_model_config().to_dict(), train_location=str(tmp_path / "train"),
-                valid_location="", train_rows=rows, checkpoint_dir=str(tmp_path / "ckpt"), global_batch_size=64,
-                epochs=1, shuffle_queue=256, reader_workers=1, progress=False, seed=3)
+    spec = dict(name="attention", model_config=toy_model_config(network_settings()).to_dict(), train_location=str(tmp_path / "train"),
+                valid_location="", train_rows=rows, checkpoint_dir=str(tmp_path / "ckpt"),
+                **ranker_settings(global_batch_size=64, epochs=1, shuffle_queue=256, reader_workers=1, progress=False,
+                                  seed=3))
     # Outside spark-submit, spark.pyspark.python is not read: the executors' Python comes from the environment.
     env = {**subprocess_env(), "PYSPARK_PYTHON": sys.executable}
     driver = subprocess.run([sys.executable, "-c", BARRIER_DRIVER, cluster["cfg"].spark.master, json.dumps(spec)],

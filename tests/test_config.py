@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from recpipe.config import load_config
 from recpipe.errors import ConfigError
 
@@ -143,3 +142,13 @@ def test_every_base_key_has_a_comment():
         stripped = line.strip()
         if line.startswith("  ") and stripped and not stripped.startswith("#"):
             assert "#" in line or stripped.endswith(":"), f"base.yaml:{number} has no comment: {line!r}"
+
+
+def test_a_sub_table_of_a_day_puts_the_day_where_its_path_says(make_config):
+    cfg = make_config()
+    day = dt.date(2026, 11, 14)
+    assert cfg.table_path("als_candidates", day) == f"{cfg.paths.root}/lake/als/dt=2026-11-14/candidates"
+    assert cfg.table_path("ranker_input_test", day) == f"{cfg.paths.root}/lake/ranker_input/dt=2026-11-14/split=test"
+    assert cfg.table_path("events", day) == f"{cfg.paths.root}/lake/events/dt=2026-11-14"
+    with pytest.raises(ConfigError, match="tables.als_candidates: a sub-table of one day"):
+        cfg.table_path("als_candidates")

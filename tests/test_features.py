@@ -154,10 +154,14 @@ def hand_made_events(spark):
 
 
 def test_user_features_count_each_type_and_window_ctr_recency_and_favourite_categories(spark):
-    from recpipe.etl.features import (
-        active_before, build_user_features, daily_activity, favourite_categories, user_dense_names,
+    from recpipe.etl.activity import (
+        active_before,
+        build_user_features,
+        daily_activity,
+        favourite_categories,
         user_features_as_of,
     )
+    from recpipe.etl.feature_names import user_dense_names
     from recpipe.etl.sequences import day_start_ms, epoch_day, select_interactions
 
     categories = spark.createDataFrame([(1, 4), (2, 2), (3, 3), (5, 1), (9, 9)], "item_idx int, cat_idx int")
@@ -223,7 +227,6 @@ def test_a_label_needs_a_click_on_the_same_item_and_request_within_the_window(sp
 
 def test_splits_are_by_time_and_negative_sampling_keeps_every_positive(spark):
     from pyspark.sql import functions as F
-
     from recpipe.etl.samples import assign_splits, downsample_negatives
     from recpipe.etl.sequences import DAY_MS, day_start_ms
 
@@ -359,7 +362,6 @@ def lake(spark, tmp_path_factory):
     loaded here rather than through the per-test `make_config`.
     """
     from pyspark.sql import types as T
-
     from recpipe import io
     from recpipe.config import load_config
     from recpipe.etl.features import run
@@ -535,7 +537,7 @@ def test_every_sample_has_the_dense_features_of_its_own_day(lake):
 
 
 def test_item_features_table_matches_a_recomputation(lake):
-    from recpipe.etl.features import item_dense_names
+    from recpipe.etl.feature_names import item_dense_names
 
     cfg, events = lake["cfg"], visible(lake["events"])
     table = read_output(cfg, "item_features").set_index("item_idx")
@@ -601,7 +603,6 @@ def checksum(location: str) -> str:
 
 def test_rerun_is_identical_and_the_next_day_leaves_d_alone(spark, lake):
     from recpipe.etl.features import run
-
     from recpipe.etl.samples import read_meta
 
     cfg = lake["cfg"]

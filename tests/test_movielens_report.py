@@ -12,8 +12,8 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-
 from recpipe.config import load_config
+
 from tests.conftest import REPO, SHARED_DATASETS
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.ddp, pytest.mark.timeout(2400)]
@@ -38,7 +38,7 @@ def movielens(spark, tmp_path_factory):
         spark.conf.set(key, str(value))
     try:
         ingest(cfg, str(SHARED_DATASETS / "ml-latest-small.zip"))
-        results = history.run(spark, cfg)
+        results = history.run(cfg)
         output = root.parent / "results.md"
         write_results(spark, cfg, None, str(output))
     finally:
@@ -55,7 +55,7 @@ def latest_metrics(cfg, experiment: str) -> dict[str, float]:
 
 def test_history_splits_every_rating_in_time_at_the_cut_off(movielens):
     from recpipe.etl.samples import read_meta
-    from recpipe.ranker.inputs import split_location
+    from recpipe.splits import split_location
 
     cfg, _, results, _ = movielens
     cutoff = dt.date.fromisoformat(cfg.history.cutoff)
@@ -84,7 +84,7 @@ def test_als_beats_popularity_on_recall_at_50(movielens):
 def test_both_networks_rank_each_user_s_films_better_than_the_als_score_and_popularity(movielens):
     # The issue also asks attention >= mean pooling on gAUC; on this data it does not hold
     # reliably (docs/results.md lists the runs), so it is not asserted here.
-    from recpipe.ranker.stage import EXPERIMENT
+    from recpipe.names import RANKER_EXPERIMENT as EXPERIMENT
 
     cfg, _, _, _ = movielens
     ranker = latest_metrics(cfg, EXPERIMENT)
@@ -95,7 +95,7 @@ def test_both_networks_rank_each_user_s_films_better_than_the_als_score_and_popu
 
 def test_report_tables_carry_the_run_s_figures(movielens):
     from recpipe.als.stage import EXPERIMENT as ALS
-    from recpipe.ranker.stage import EXPERIMENT as RANKER
+    from recpipe.names import RANKER_EXPERIMENT as RANKER
 
     cfg, _, _, output = movielens
     text = output.read_text()

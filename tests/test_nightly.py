@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -43,10 +44,9 @@ def register_constant_version(cfg, date: dt.date, like_version: str) -> str:
     import mlflow
     import pandas as pd
     import torch
-
-    from recpipe.ranker.model import build_model
     from recpipe.ranker.publish import log_ranker_model
-    from recpipe.ranker.scoring import save_weights
+    from recpipe.serving.model import build_model
+    from recpipe.serving.scoring import save_weights
     from recpipe.tracking import start_run
 
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{like_version}"))
@@ -68,13 +68,16 @@ def register_constant_version(cfg, date: dt.date, like_version: str) -> str:
 def scenario(spark, tmp_path_factory):
     """Run everything once; the tests below read what happened."""
     import mlflow
-
+    from recpipe import stages
     from recpipe.config import load_config
     from recpipe.etl import clean
     from recpipe.generate import run as generate
+    from recpipe.markers import read_marker, stage_state, why_rerun
     from recpipe.nightly import NightlyError, nightly
+    from recpipe.pipeline import run_stages
     from recpipe.registry import promote
     from recpipe.tracking import tracking_uri
+
     from tests.conftest import LOCAL_CONF
 
     root = tmp_path_factory.mktemp("nightly") / "root"
@@ -95,6 +98,16 @@ def scenario(spark, tmp_path_factory):
     before = file_state(root)
     seen["second"] = nightly(cfg, [D])
     seen["unchanged"] = before == file_state(root)
+
+    # What changed since D finished decides what runs again.
+    shutil.rmtree(root / "lake" / "recommendations" / f"dt={D}")
+    seen["score_reason"] = why_rerun(read_marker(cfg, D, "score"), stage_state(cfg, stages.get("score"), D))
+    seen["output_deleted"] = run_stages(cfg, [D], [stages.get("score")])
+    seen["after_rescore"] = run_stages(cfg, [D], [stages.get("score")])
+    two_days = config("evaluation.days=2", "nightly.stages=[clean, features, als]")
+    seen["eval_days"] = nightly(two_days, [D])
+    seen["train_after_eval_days"] = why_rerun(read_marker(two_days, D, "train"),
+                                              stage_state(two_days, stages.get("train"), D))
 
     trained = seen["after_first"]["champion"]
     constant = register_constant_version(cfg, D, trained)
@@ -142,6 +155,18 @@ def test_second_nightly_for_the_same_date_does_no_work_and_changes_no_output(sce
     assert scenario["unchanged"]
 
 
+def test_a_deleted_output_reruns_its_stage_once(scenario):
+    assert scenario["score_reason"] == f"output changed: recommendations/dt={scenario['D']}"
+    assert statuses(scenario["output_deleted"]) == {"score": "ok"}
+    assert statuses(scenario["after_rescore"]) == {"score": "skipped"}
+
+
+def test_a_changed_evaluation_days_reruns_features_and_als_and_what_reads_them(scenario):
+    assert statuses(scenario["eval_days"]) == {"clean": "skipped", "features": "ok", "als": "ok"}
+    assert scenario["train_after_eval_days"].startswith("input changed: ") and "samples/dt=" in \
+        scenario["train_after_eval_days"]
+
+
 def test_a_worse_challenger_is_not_promoted_and_is_tagged_so(scenario):
     assert scenario["worse"]["decision"] == "rejected"
     assert scenario["after_worse"]["champion"] == scenario["after_first"]["champion"]
@@ -167,6 +192,8 @@ def test_rollback_moves_champion_back_to_previous(scenario):
 def test_a_crash_in_training_leaves_champion_where_it_was_and_names_the_stage(scenario):
     message, outcomes = scenario["crash"]
     assert "stage train failed" in message and "batch_size" in message
+    # features and als ran again first: the run before had evaluation.days=2
+    assert statuses(outcomes)["features"] == "ok" and statuses(outcomes)["clean"] == "skipped"
     assert statuses(outcomes)["train"] == "failed" and statuses(outcomes)["promote"] == "not run"
     assert scenario["after_crash"]["champion"] == scenario["after_first"]["champion"]
 
@@ -183,7 +210,6 @@ def test_a_three_day_backfill_writes_three_dates_registers_versions_and_moves_no
 
 def test_recommendations_have_top_n_per_user_no_history_items_and_the_champion_version(spark, scenario):
     from pyspark.sql import functions as F
-
     from recpipe import io
 
     cfg, D = scenario["cfg"], scenario["D"]
@@ -195,7 +221,7 @@ def test_recommendations_have_top_n_per_user_no_history_items_and_the_champion_v
     assert {r[0] for r in recs.select("model_version").distinct().collect()} == {scenario["after_first"]["champion"]}
     history = io.read_day(spark, cfg, "sequences", D).select("user_idx", F.explode("hist_items").alias("item_idx"))
     assert recs.join(history, ["user_idx", "item_idx"]).count() == 0
-    users_with_candidates = io.read_path(spark, f"{cfg.table_path('als', D)}/candidates").select("user_idx").distinct()
+    users_with_candidates = io.read_path(spark, cfg.table_path('als_candidates', D)).select("user_idx").distinct()
     assert per_user.count() == users_with_candidates.count()
 
 
@@ -213,6 +239,7 @@ def test_recommend_explains_one_users_list_with_history_items(spark, scenario):
 
 def test_a_fresh_process_without_recpipe_loads_the_champion_and_scores(scenario, tmp_path):
     from recpipe.tracking import tracking_uri
+
     from tests.conftest import RECPIPE_NOT_LOADED, WITHOUT_RECPIPE
 
     cfg = scenario["cfg"]

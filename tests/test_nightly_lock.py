@@ -1,4 +1,4 @@
-"""The nightly's guards that need no Spark: the lock and the tracking-server check."""
+"""The runner's guards that need no Spark: the root's lock and the tracking-server check."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import sys
 import textwrap
 
 import pytest
+from recpipe.errors import RecpipeError
+from recpipe.lock import LockedError, lock_path, root_lock
+from recpipe.runner import check_tracking_server
 
-from recpipe.nightly import LockedError, NightlyError, check_tracking_server, lock_path, nightly_lock
 from tests.conftest import free_port
-
 
 
 def test_a_second_nightly_is_refused_while_another_process_holds_the_lock(make_config, tmp_path):
@@ -24,21 +25,21 @@ def test_a_second_nightly_is_refused_while_another_process_holds_the_lock(make_c
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from recpipe.config import load_config
-        from recpipe.nightly import nightly_lock
+        from recpipe.lock import root_lock
         cfg = load_config({str(LOCAL_CONF)!r}, ["paths.root={cfg.paths.root}"])
-        with nightly_lock(cfg):
+        with root_lock(cfg, "test"):
             print("locked", flush=True)
             time.sleep(120)
     """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(LockedError, match=f"'pid': {holder.pid}"):
-            with nightly_lock(cfg):
+            with root_lock(cfg, "test"):
                 pass
     finally:
         holder.kill()
         holder.wait(timeout=30)
-    with nightly_lock(cfg):  # the dead holder's OS lock went with it
+    with root_lock(cfg, "test"):  # the dead holder's OS lock went with it
         assert json.load(open(lock_path(cfg) + ".owner"))["pid"] == os.getpid()
 
 
@@ -50,25 +51,25 @@ def test_a_stale_lock_left_by_a_dead_process_is_taken_over_and_reported(make_con
     open(lock_path(cfg), "w").close()
     with open(lock_path(cfg) + ".owner", "w") as out:
         json.dump({"pid": dead.pid, "host": socket.gethostname(), "since": "2026-11-20T02:00:00+00:00"}, out)
-    with caplog.at_level(logging.WARNING, logger="recpipe.nightly"):
-        with nightly_lock(cfg):
+    with caplog.at_level(logging.WARNING, logger="recpipe.lock"):
+        with root_lock(cfg, "test"):
             pass
-    assert "stale nightly lock" in caplog.text and str(dead.pid) in caplog.text
+    assert "stale lock" in caplog.text and str(dead.pid) in caplog.text
     assert not os.path.exists(lock_path(cfg) + ".owner")  # released cleanly
 
 
 def test_the_lock_is_released_when_the_run_fails(make_config):
     cfg = make_config()
     with pytest.raises(RuntimeError):
-        with nightly_lock(cfg):
+        with root_lock(cfg, "test"):
             raise RuntimeError("a stage failed")
-    with nightly_lock(cfg):
+    with root_lock(cfg, "test"):
         pass
 
 
 def test_an_unreachable_tracking_server_is_reported(make_config):
     cfg = make_config(f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}")
-    with pytest.raises(NightlyError, match="tracking server .* is not reachable"):
+    with pytest.raises(RecpipeError, match="tracking server .* is not reachable"):
         check_tracking_server(cfg, timeout_s=5)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from recpipe.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(60)
@@ -12,7 +11,7 @@ pytestmark = pytest.mark.timeout(60)
 def test_train_takes_resume_as_an_override_and_the_defaults_load(make_config):
     from recpipe.cli import build_parser
 
-    args = build_parser().parse_args(["train", "--date", "2026-11-07", "--set", "ranker.epochs=1", "--resume"])
+    args = build_parser()[0].parse_args(["train", "--date", "2026-11-07", "--set", "ranker.epochs=1", "--resume"])
     cfg = make_config(*args.overrides)
     assert cfg.ranker.resume is True and cfg.ranker.epochs == 1
     default = make_config()
@@ -28,7 +27,7 @@ def test_train_takes_resume_as_an_override_and_the_defaults_load(make_config):
     ("ranker.dropout=1.0", "ranker.dropout"),
 ])
 def test_a_value_that_cannot_work_is_an_error_naming_its_key(make_config, override, key):
-    from recpipe.ranker.stage import check_config
+    from recpipe.ranker.settings import check_config
 
     with pytest.raises(ConfigError, match=key):
         check_config(make_config(override).ranker)
@@ -37,7 +36,7 @@ def test_a_value_that_cannot_work_is_an_error_naming_its_key(make_config, overri
 def test_the_popularity_baseline_must_be_an_item_feature_of_the_samples(make_config):
     import datetime as dt
 
-    from recpipe.ranker.stage import popularity_index
+    from recpipe.baselines import popularity_index
 
     meta = {"item_dense_features": ["log1p_click_7d", "log1p_click_30d", "ctr_7d"]}
     assert popularity_index(make_config().ranker, meta, dt.date(2026, 11, 7)) == 1

@@ -11,16 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from recpipe.ranker import checkpoints
-from recpipe.ranker.model import build_model
 from recpipe.ranker.toy import toy_model_config, write_toy_split
 from recpipe.ranker.trainer import TrainJob, parameter_checksum, steps_per_epoch, train
+from recpipe.serving.model import build_model
+
+from tests.conftest import network_settings, ranker_settings
 
 pytestmark = [pytest.mark.ddp, pytest.mark.timeout(300),
               pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")]
 
-MODEL = toy_model_config()
+MODEL = toy_model_config(network_settings())
 
 
 def job(tmp_path: Path, groups: list[int], **overrides) -> TrainJob:
@@ -28,7 +29,8 @@ def job(tmp_path: Path, groups: list[int], **overrides) -> TrainJob:
     write_toy_split(str(tmp_path / "valid"), [150, 100, 50], seed=1)
     values = dict(name="attention", model_config=MODEL.to_dict(), train_location=str(tmp_path / "train"),
                   valid_location=str(tmp_path / "valid"), train_rows=rows, checkpoint_dir=str(tmp_path / "ckpt"),
-                  global_batch_size=64, epochs=1, shuffle_queue=256, reader_workers=1, progress=False, seed=3)
+                  **ranker_settings(global_batch_size=64, epochs=1, shuffle_queue=256, reader_workers=1, progress=False,
+                                    seed=3))
     values.update(overrides)
     return TrainJob(**values)
 
@@ -125,7 +127,6 @@ def exchange_on_rank(rank: int, port: int, results) -> None:
     """Rank `rank` of 2 gloo processes: the object exchanges, then 200 broadcasts each
     followed by `released`; puts (rank, what came back, the largest use count seen)."""
     import torch.distributed as td
-
     from recpipe.ranker import dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")

@@ -32,8 +32,8 @@ def test_each_sample_day_uses_the_newest_als_run_on_or_before_it():
 
 
 def test_als_scores_come_from_the_runs_before_each_sample_and_are_0_without_factors(spark):
-    from recpipe.ranker.inputs import ALS_DAY, als_day_for, attach_als_scores, with_als_day
     from recpipe.etl.sequences import epoch_day
+    from recpipe.ranker.inputs import ALS_DAY, als_day_for, attach_als_scores, with_als_day
 
     samples = spark.createDataFrame([
         ("before-any-run", 1, 10, ms(day(3))),
@@ -82,10 +82,9 @@ SAMPLES_SCHEMA = ("event_id string, user_idx int, item_idx int, cat_idx int, lab
 
 def test_ranker_input_is_written_per_split_with_scores_and_train_statistics(spark, make_config):
     from pyspark.sql import functions as F
-
     from recpipe.etl import samples as S
-    from recpipe.ranker.data import parquet_rows, read_split, row_groups
     from recpipe.ranker.inputs import build_ranker_input, split_location
+    from recpipe.splits import parquet_rows, read_split, row_groups
 
     cfg = make_config("features.min_files_per_split=3")
     rng = np.random.default_rng(0)
@@ -98,11 +97,10 @@ def test_ranker_input_is_written_per_split_with_scores_and_train_statistics(spar
             "train_window": [day(2).isoformat(), D.isoformat()]}
     S.write_meta(cfg, D, meta)
     # One ALS run, on day(1): day(2)'s samples have none (0.0), day(1)'s and D's use it.
-    run = cfg.table_path("als", day(1))
     spark.createDataFrame([(u, [0.1 * u, 1.0]) for u in range(1, 6)], "user_idx int, features array<float>") \
-        .write.parquet(f"{run}/user_factors")
+        .write.parquet(cfg.table_path("als_user_factors", day(1)))
     spark.createDataFrame([(i, [1.0, 0.01 * i]) for i in range(1, 25)], "item_idx int, features array<float>") \
-        .write.parquet(f"{run}/item_factors")
+        .write.parquet(cfg.table_path("als_item_factors", day(1)))
 
     stats = build_ranker_input(spark, cfg, D, meta, min_files=3)
 

@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-
-from recpipe.ranker import metrics as M
+from recpipe import metrics as M
 
 pytestmark = pytest.mark.timeout(30)
 

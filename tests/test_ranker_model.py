@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from recpipe.serving.layers import MLP, AttentionPooling, Dice, MeanPooling, PReLU, masked_positions
+from recpipe.serving.model import RankerModelConfig, build_model
 
-from recpipe.ranker.layers import MLP, AttentionPooling, Dice, MeanPooling, PReLU, masked_positions
-from recpipe.ranker.model import RankerModelConfig, build_model
+from tests.conftest import network_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -14,9 +15,10 @@ B, L, U, I = 6, 5, 3, 2
 
 
 def config(**overrides) -> RankerModelConfig:
-    values = dict(item_vocab=30, cat_vocab=6, history_length=L, user_dense_dim=U, item_dense_dim=I,
-                  item_embedding_dim=4, cat_embedding_dim=2, attention_hidden=(8,), head_hidden=(8, 4), dropout=0.0,
-                  user_dense_mean=(1.0, 2.0, 3.0), user_dense_std=(1.0, 0.0, 2.0))
+    values = {**network_settings(), "pooling": "attention", "item_vocab": 30, "cat_vocab": 6, "history_length": L,
+              "user_dense_dim": U, "item_dense_dim": I, "item_embedding_dim": 4, "cat_embedding_dim": 2,
+              "attention_hidden": (8,), "head_hidden": (8, 4), "dropout": 0.0,
+              "user_dense_mean": (1.0, 2.0, 3.0), "user_dense_std": (1.0, 0.0, 2.0)}
     values.update(overrides)
     return RankerModelConfig(**values)
 

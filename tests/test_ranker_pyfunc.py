@@ -13,17 +13,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from recpipe.serving.model import RankerModelConfig, build_model
+from recpipe.serving.scoring import CandidateScorer, save_vocabulary, save_weights
 
-from recpipe.ranker.model import RankerModelConfig, build_model
-from recpipe.ranker.scoring import CandidateScorer, save_vocabulary, save_weights
-from tests.conftest import RECPIPE_NOT_LOADED, WITHOUT_RECPIPE
+from tests.conftest import RECPIPE_NOT_LOADED, WITHOUT_RECPIPE, network_settings
 
 pytestmark = pytest.mark.timeout(300)
 
 L = 4
-CONFIG = RankerModelConfig(item_vocab=40, cat_vocab=6, history_length=L, user_dense_dim=2, item_dense_dim=3,
-                           item_embedding_dim=4, cat_embedding_dim=2, attention_hidden=(8,), head_hidden=(8,),
-                           activation="prelu", user_dense_mean=(1.0, 2.0), user_dense_std=(2.0, 2.0))
+CONFIG = RankerModelConfig(**network_settings(item_embedding_dim=4, cat_embedding_dim=2, attention_hidden=(8,),
+                                              head_hidden=(8,), activation="prelu"),
+                           pooling="attention", item_vocab=40, cat_vocab=6, history_length=L, user_dense_dim=2,
+                           item_dense_dim=3, user_dense_mean=(1.0, 2.0), user_dense_std=(2.0, 2.0))
 # Items i1..i49 in the dictionary; i40..i49 got indexes after training (>= item_vocab).
 ITEM_IDS = np.array([f"i{k}" for k in range(1, 50)])
 ITEM_IDX = np.arange(1, 50)
@@ -66,7 +67,6 @@ def test_histories_are_mapped_left_padded_truncated_and_unknown_ids_dropped(scor
 
 def test_registered_version_loads_and_scores_where_recpipe_cannot_be_imported(scorer_files, tmp_path):
     import mlflow
-
     from recpipe.ranker.publish import log_ranker_model
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -142,10 +142,10 @@ def test_the_serving_code_is_staged_from_a_zipped_package_as_spark_submit_ships_
     """)
     staged = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert staged.returncode == 0, staged.stderr[-3000:]
-    ranker = package / "ranker"
-    expected = sorted(str(p.relative_to(ranker)) for name in ("__init__.py", "layers", "model.py", "scoring.py",
-                                                               "pyfunc.py")
-                      for p in ([ranker / name] if name.endswith(".py") else (ranker / name).rglob("*.py")))
+    serving = package / "serving"  # staged as the top-level package `ranker`
+    expected = sorted(str(p.relative_to(serving)) for name in ("__init__.py", "layers", "model.py", "scoring.py",
+                                                                "pyfunc.py")
+                      for p in ([serving / name] if name.endswith(".py") else (serving / name).rglob("*.py")))
     assert ast.literal_eval(staged.stdout.strip().splitlines()[-1]) == expected
     for relative in expected:
-        assert (tmp_path / "staged" / "ranker" / relative).read_bytes() == (ranker / relative).read_bytes()
+        assert (tmp_path / "staged" / "ranker" / relative).read_bytes() == (serving / relative).read_bytes()

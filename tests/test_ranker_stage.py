@@ -38,6 +38,7 @@ def chain(spark, tmp_path_factory):
     from recpipe.config import load_config
     from recpipe.etl import clean, features
     from recpipe.generate import run as generate
+
     from tests.conftest import LOCAL_CONF
 
     root = tmp_path_factory.mktemp("ranker-stage") / "root"
@@ -71,21 +72,19 @@ def test_als_beats_popularity_on_recall_and_ndcg_at_50(chain):
 
 def test_als_candidates_have_min_k_unseen_rows_per_user(spark, chain):
     from pyspark.sql import functions as F
-
-    from recpipe import io, paths
+    from recpipe import io
 
     cfg, D, summary = chain
-    candidates = io.read_path(spark, paths.join_uri(cfg.table_path("als", D), "candidates"))
+    candidates = io.read_path(spark, cfg.table_path("als_candidates", D))
     # 800 items and a few dozen seen per user: every user has more than K unseen, so exactly K.
     fewest, most = candidates.groupBy("user_idx").count().agg(F.min("count"), F.max("count")).first()
     assert fewest == most == cfg.als.top_k
-    users = io.read_path(spark, paths.join_uri(cfg.table_path("als", D), "user_factors")).count()
+    users = io.read_path(spark, cfg.table_path("als_user_factors", D)).count()
     assert candidates.count() == summary["candidate_rows"] == users * cfg.als.top_k
 
 
 def test_the_als_run_is_in_mlflow_and_registered(chain):
     import mlflow
-
     from recpipe.tracking import tracking_uri
 
     cfg, D, summary = chain
@@ -110,7 +109,6 @@ def test_attention_beats_mean_pooling_and_both_beat_als_and_popularity(trained):
 
 def test_the_run_holds_metrics_figures_inputs_and_a_challenger_version(trained):
     import mlflow
-
     from recpipe.tracking import tracking_uri
 
     cfg, D, summary = trained
@@ -132,7 +130,7 @@ def test_the_run_holds_metrics_figures_inputs_and_a_challenger_version(trained):
 
 def test_every_epoch_left_a_checkpoint_with_the_model_and_resolved_config(trained):
     from recpipe.ranker import checkpoints
-    from recpipe.ranker.stage import checkpoint_dir
+    from recpipe.ranker.ddp import checkpoint_dir
     from recpipe.ranker.trainer import steps_per_epoch
 
     cfg, D, summary = trained
@@ -166,12 +164,12 @@ def descendants_with_rank(rank: int) -> list[int]:
 def test_a_rank_killed_mid_training_fails_clearly_keeps_champion_and_resume_completes(spark, trained):
     """Runs last in the module: it retrains the attention model of D (2 epochs, no base model)."""
     import mlflow
-
     from recpipe.config import load_config
     from recpipe.ranker import checkpoints, stage
-    from recpipe.ranker.stage import TrainingError, checkpoint_dir
+    from recpipe.ranker.ddp import TrainingError, checkpoint_dir
     from recpipe.ranker.trainer import steps_per_epoch
     from recpipe.tracking import tracking_uri
+
     from tests.conftest import LOCAL_CONF
 
     cfg, D, summary = trained

@@ -7,10 +7,10 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
 from recpipe.config import load_config
 from recpipe.errors import ConfigError
 from recpipe.submit import submit_command, submitting, write_resolved_config
+
 from tests.conftest import REPO
 
 CLUSTER_CONF = REPO / "conf" / "cluster.yaml"
@@ -29,19 +29,19 @@ def test_the_command_names_master_wheel_pythons_settings_and_the_stage_job(tmp_p
     wheel.write_bytes(b"")
     cfg = load_config(CLUSTER_CONF, [f"submit.py_files={tmp_path}/recpipe-*.whl", "submit.python=./env/bin/python",
                                      "submit.conf={spark.executor.memory: 3g}"])
-    command = submit_command(cfg, "als", "/tmp/conf/base.yaml", ["--date", "2026-11-14"])
+    command = submit_command(cfg, "run-stage", "/tmp/conf/base.yaml", ["--stage", "als", "--date", "2026-11-14"])
     assert command[0].endswith("bin/spark-submit")
     text = " ".join(command)
     assert f"--master {cfg.spark.master} " in text and f"--py-files {wheel} " in text
     assert "--conf spark.pyspark.python=./env/bin/python " in text and "--conf spark.executor.memory=3g " in text
-    assert text.endswith("jobs/train_als.py --conf /tmp/conf/base.yaml --date 2026-11-14")
+    assert text.endswith("jobs/run_stage.py --conf /tmp/conf/base.yaml --stage als --date 2026-11-14")
 
 
 def test_a_missing_wheel_is_a_config_error_that_says_how_to_build_it(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     cfg = load_config(CLUSTER_CONF, [f"submit.py_files={tmp_path}/recpipe-*.whl"])
     with pytest.raises(ConfigError, match="make dist"):
-        submit_command(cfg, "clean", "c.yaml", ["--date", str(dt.date(2026, 11, 14))])
+        submit_command(cfg, "run-stage", "c.yaml", ["--stage", "clean", "--date", str(dt.date(2026, 11, 14))])
 
 
 def test_inside_a_submitted_job_nothing_is_submitted_again(monkeypatch):

@@ -7,6 +7,7 @@ function; `jobs/*.py` call the same functions under spark-submit.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -16,6 +17,8 @@ from typing import Callable, Sequence
 from recpipe.config import Config, load_config, parse_date
 from recpipe.errors import RecpipeError
 from recpipe.logs import setup_logging
+from recpipe.names import CHAMPION, RANKER_MODEL
+from recpipe.stage import Stage
 
 log = logging.getLogger("recpipe.cli")
 
@@ -50,23 +53,34 @@ def cmd_generate(cfg: Config, args: argparse.Namespace) -> None:
              totals["lines"], totals["clean_events"], len(manifest["days"]), cfg.table_path("raw_events"))
 
 
-def spark_stage(stage: str) -> Callable[[Config, argparse.Namespace], None]:
-    """A handler that builds the stage's Spark session and runs the stage for --date."""
+def stage_command(stage: Stage) -> Callable[[Config, argparse.Namespace], None]:
+    """The handler of a stage's own command: the stage for --date through the runner."""
 
     def handler(cfg: Config, args: argparse.Namespace) -> None:
-        from recpipe.pipeline import run_stages
-        from recpipe.submit import session_for
-
-        result = run_stages(session_for(cfg, stage), cfg, [args.date], [stage])[0]
-        logging.getLogger(f"recpipe.{stage}").info("done for %s: %s", args.date, result.summary)
-        write_summary(args, result.summary)
+        run_one_stage(cfg, stage, args)
 
     return handler
 
 
+def cmd_run_stage(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe import stages
+
+    run_one_stage(cfg, stages.get(args.stage), args)
+
+
+def run_one_stage(cfg: Config, stage: Stage, args: argparse.Namespace) -> None:
+    from recpipe.lock import describe_command
+    from recpipe.runner import format_outcomes, running
+
+    with running(cfg, describe_command()) as runner:
+        outcome = runner.run(stage, args.date, force=args.force)
+    print(format_outcomes([outcome]))
+    write_summary(args, outcome.summary)
+
+
 def write_summary(args: argparse.Namespace, summary: object) -> None:
     """--summary-json: how a submitted job hands its summary back to the submitting process."""
-    if args.summary_json:
+    if getattr(args, "summary_json", None):
         with open(args.summary_json, "w") as out:
             json.dump(summary, out, default=str)
 
@@ -74,27 +88,34 @@ def write_summary(args: argparse.Namespace, summary: object) -> None:
 def cmd_pipeline(cfg: Config, args: argparse.Namespace) -> None:
     import dataclasses
 
-    from recpipe.pipeline import StageResult, date_range, format_results, parse_stages, run_stages
-    from recpipe.spark import get_spark
+    from recpipe import stages
+    from recpipe.pipeline import date_range, run_stages
+    from recpipe.runner import StageOutcome, format_outcomes
     from recpipe.submit import submit, submitting
 
     generated = cfg.generate.dates
     dates = date_range(args.start or generated[0], args.end or generated[-1])
-    stages = parse_stages(args.stages)
-    if submitting(cfg):  # the whole range as one application, not one per stage and day
-        returned = submit(cfg, "pipeline", ["--start", dates[0].isoformat(), "--end", dates[-1].isoformat(),
-                                            "--stages", ",".join(stages)])
-        results = [StageResult(**{**r, "date": dt.date.fromisoformat(r["date"])}) for r in returned]
+    chosen = stages.parse(args.stages)
+    if submitting(cfg):  # the whole range as one application, under this process's lock
+        from recpipe.lock import describe_command, root_lock
+
+        with root_lock(cfg, describe_command()):
+            returned = submit(cfg, "pipeline", ["--start", dates[0].isoformat(), "--end", dates[-1].isoformat(),
+                                                "--stages", ",".join(s.name for s in chosen)]
+                              + (["--force"] if args.force else []))
+        outcomes = [StageOutcome(**{**r, "date": dt.date.fromisoformat(r["date"])}) for r in returned]
     else:
-        results = run_stages(get_spark(cfg, "pipeline"), cfg, dates, stages)
-    print(format_results(results))
-    write_summary(args, [dataclasses.asdict(r) for r in results])
+        outcomes = run_stages(cfg, dates, chosen, force=args.force)
+    print(format_outcomes(outcomes))
+    write_summary(args, [dataclasses.asdict(o) for o in outcomes])
 
 
 def cmd_rollback(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe.lock import describe_command, root_lock
     from recpipe.registry.promote import rollback
 
-    result = rollback(cfg)
+    with root_lock(cfg, describe_command()):  # the aliases move only between runs, never under one
+        result = rollback(cfg)
     print(f"champion is now version {result['champion']} (version {result['rolled_back']} rolled back)")
 
 
@@ -148,10 +169,9 @@ def cmd_ingest_movielens(cfg: Config, args: argparse.Namespace) -> None:
 
 def cmd_history(cfg: Config, args: argparse.Namespace) -> None:
     from recpipe.history import run
-    from recpipe.pipeline import format_results
-    from recpipe.spark import get_spark
+    from recpipe.runner import format_outcomes
 
-    print(format_results(run(get_spark(cfg, "history"), cfg, args.cutoff)))
+    print(format_outcomes(run(cfg, args.cutoff)))
 
 
 def cmd_report(cfg: Config, args: argparse.Namespace) -> None:
@@ -191,94 +211,152 @@ def cmd_locations(cfg: Config, args: argparse.Namespace) -> None:
         print(f"  {name:<17}{cfg.table_path(name)}")
     print(f"MLflow runs:       {tracking_uri(cfg)}")
     print("  browse them:     .venv/bin/mlflow ui --backend-store-uri <the URI above>")
-    print("  champion model:  models:/attention-ranker@champion")
+    print(f"  champion model:  models:/{RANKER_MODEL}@{CHAMPION}")
 
 
-# name → (handler, help, needs --date)
-COMMANDS: dict[str, tuple[Callable[[Config, argparse.Namespace], None], str, bool]] = {
-    "generate": (cmd_generate, "write the synthetic raw logs, item catalogue, truth/ and manifest.json", False),
-    "clean": (spark_stage("clean"),
-              "clean day D's raw logs into events and rejects, update the id dictionaries", True),
-    "features": (spark_stage("features"),
-                 "build features, behaviour sequences and ranker samples as of day D", True),
-    "als": (spark_stage("als"),
-            "train implicit ALS on the window before D, write top-K candidates, evaluate on D", True),
-    "train": (spark_stage("train"),
-              "train the attention ranker with DDP on the samples of D, evaluate, register a challenger", True),
-    "promote": (spark_stage("promote"),
-                "score champion and challenger on D's held-out rows; move champion if the challenger wins", True),
-    "rollback": (cmd_rollback, "move champion back to the previous version", False),
-    "score": (spark_stage("score"),
-              "re-rank D's ALS candidates with the champion; top N per user to lake/recommendations", True),
-    "recommend": (cmd_recommend, "print one user's recommendations and the history items behind them", False),
-    "nightly": (cmd_nightly, "clean, features, als, train, promote, score for D; skips stages already done", True),
-    "backfill": (cmd_backfill, "the nightly for each date of a range, in order; champion moves at most once", False),
-    "ingest-movielens": (cmd_ingest_movielens,
-                         "convert a MovieLens release (folder or zip) to raw logs and catalogue under the root", False),
-    "history": (cmd_history, "whole-history run: clean everything, then features, als and train with one cut-off D",
-                False),
-    "report": (cmd_report, "the quality report of a whole-history run (ALS, ranker, leave-last-out) as Markdown",
-               False),
-    "cluster-up": (cmd_cluster_up, "start a Spark standalone master and workers on 127.0.0.1 (pids recorded)", False),
-    "cluster-down": (cmd_cluster_down, "stop the processes cluster-up recorded, by process id", False),
-    "mlflow-server": (cmd_mlflow_server, "run an MLflow tracking server on 127.0.0.1 with its store under the root",
-                      False),
-    "pipeline": (cmd_pipeline, "run several stages for a range of days in one Spark session", False),
-    "show-config": (cmd_show_config, "print the resolved configuration as YAML", False),
-    "locations": (cmd_locations, "print where the tables and the MLflow runs are", False),
-}
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One sub-command: its handler, its help, and its own options (besides --conf/--set)."""
+
+    name: str
+    handler: Callable[[Config, argparse.Namespace], None]
+    help: str
+    options: Callable[[argparse.ArgumentParser], None] = lambda parser: None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from recpipe.submit import JOBS  # the commands a submitted job runs
+def _forced(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="rerun, even if done with the same inputs")
 
+
+def _dated_stage(stage: Stage) -> Callable[[argparse.ArgumentParser], None]:
+    def options(parser: argparse.ArgumentParser) -> None:
+        _with_date(parser)
+        _forced(parser)
+        _summary_json(parser)
+        for option in stage.options:
+            option.add_to(parser)
+    return options
+
+
+def _summary_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--summary-json", help=argparse.SUPPRESS)  # where a submitted job leaves its summary
+
+
+def _run_stage_options(parser: argparse.ArgumentParser) -> None:
+    from recpipe import stages
+
+    parser.add_argument("--stage", required=True, choices=stages.names(), help="the stage to run")
+    _with_date(parser)
+    _forced(parser)
+    _summary_json(parser)
+    for option in {o.flags: o for stage in stages.STAGES for o in stage.options}.values():
+        option.add_to(parser)
+
+
+def _nightly_options(parser: argparse.ArgumentParser) -> None:
+    _with_date(parser)
+    _rerun_options(parser)
+
+
+def _rerun_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true", help="rerun every stage, even those already done")
+    parser.add_argument("--from-stage", help="rerun from this stage on (earlier finished stages are skipped)")
+
+
+def _backfill_options(parser: argparse.ArgumentParser) -> None:
+    _rerun_options(parser)
+    parser.add_argument("--start", type=date_arg, required=True, help="first date")
+    parser.add_argument("--end", type=date_arg, required=True, help="last date")
+    parser.add_argument("--promote-last", action="store_true",
+                        help="let the last date's challenger move champion (as nightly.promote_backfill=true)")
+
+
+def _pipeline_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--start", type=date_arg, help="first day (default: the first generated day)")
+    parser.add_argument("--end", type=date_arg, help="last day (default: the last generated day)")
+    parser.add_argument("--stages", default="clean,features", help="comma-separated stages, run in pipeline order")
+    _forced(parser)
+    _summary_json(parser)
+
+
+def _cutoff(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cutoff", type=date_arg, help="evaluation cut-off D (default: history.cutoff)")
+
+
+def _report_options(parser: argparse.ArgumentParser) -> None:
+    _cutoff(parser)
+    parser.add_argument("--output", default="docs/results.md", help="where to write the Markdown report")
+
+
+def _recommend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user", required=True, help="the user id")
+    parser.add_argument("--date", type=date_arg, help="day of the recommendations (default: the newest)")
+
+
+def commands() -> list[Command]:
+    """Every sub-command, the declared stages' among them, in the order `--help` lists them."""
+    from recpipe import stages
+
+    def opt(*flags, **kwargs):
+        return lambda parser: parser.add_argument(*flags, **kwargs)
+
+    return [
+        Command("generate", cmd_generate, "write the synthetic raw logs, item catalogue, truth/ and manifest.json"),
+        *[Command(stage.name, stage_command(stage), stage.help, _dated_stage(stage)) for stage in stages.STAGES],
+        Command("run-stage", cmd_run_stage, "run one declared stage for D through the runner (Airflow's and "
+                "spark-submit's entry)", _run_stage_options),
+        Command("rollback", cmd_rollback, "move champion back to the previous version"),
+        Command("recommend", cmd_recommend, "print one user's recommendations and the history items behind them",
+                _recommend_options),
+        Command("nightly", cmd_nightly, "every nightly stage for D; skips stages already done", _nightly_options),
+        Command("backfill", cmd_backfill, "the nightly for each date of a range, in order; champion moves at most once",
+                _backfill_options),
+        Command("ingest-movielens", cmd_ingest_movielens,
+                "convert a MovieLens release (folder or zip) to raw logs and catalogue under the root",
+                opt("--source", required=True,
+                    help="a MovieLens zip or folder (ml-latest*, ml-100k, ml-1m, ml-10m, ml-20m, ml-25m)")),
+        Command("history", cmd_history, "whole-history run: clean everything, then features, als and train with one "
+                "cut-off D", _cutoff),
+        Command("report", cmd_report, "the quality report of a whole-history run (ALS, ranker, leave-last-out) as "
+                "Markdown", _report_options),
+        Command("cluster-up", cmd_cluster_up, "start a Spark standalone master and workers on 127.0.0.1 (pids recorded)"),
+        Command("cluster-down", cmd_cluster_down, "stop the processes cluster-up recorded, by process id"),
+        Command("mlflow-server", cmd_mlflow_server, "run an MLflow tracking server on 127.0.0.1 with its store under "
+                "the root", opt("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")),
+        Command("pipeline", cmd_pipeline, "run several stages for a range of days in one Spark session",
+                _pipeline_options),
+        Command("show-config", cmd_show_config, "print the resolved configuration as YAML"),
+        Command("locations", cmd_locations, "print where the tables and the MLflow runs are"),
+    ]
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     parser = argparse.ArgumentParser(prog="recpipe", description="Nightly recommendation pipeline.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text, needs_date) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    known = {}
+    for command in commands():
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
         _common(p)
-        if needs_date:
-            _with_date(p)
-        if name in JOBS:
-            p.add_argument("--summary-json", help=argparse.SUPPRESS)  # where a submitted job leaves its summary
-        if name == "train":  # sugar for --set ranker.resume=true
-            p.add_argument("--resume", dest="overrides", action="append_const", const="ranker.resume=true",
-                           help="continue from the last checkpoint of day D")
-        if name in ("nightly", "backfill"):
-            p.add_argument("--force", action="store_true", help="rerun every stage, even those already done")
-            p.add_argument("--from-stage", help="rerun from this stage on (earlier finished stages are skipped)")
-        if name == "backfill":
-            p.add_argument("--start", type=date_arg, required=True, help="first date")
-            p.add_argument("--end", type=date_arg, required=True, help="last date")
-            p.add_argument("--promote-last", action="store_true",
-                           help="let the last date's challenger move champion (as nightly.promote_backfill=true)")
-        if name == "ingest-movielens":
-            p.add_argument("--source", required=True, help="a MovieLens zip or folder (ml-latest*, ml-100k, ml-1m, ml-10m, ml-20m, ml-25m)")
-        if name in ("history", "report"):
-            p.add_argument("--cutoff", type=date_arg, help="evaluation cut-off D (default: history.cutoff)")
-        if name == "report":
-            p.add_argument("--output", default="docs/results.md", help="where to write the Markdown report")
-        if name == "mlflow-server":
-            p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
-        if name == "recommend":
-            p.add_argument("--user", required=True, help="the user id")
-            p.add_argument("--date", type=date_arg, help="day of the recommendations (default: the newest)")
-        if name == "pipeline":
-            p.add_argument("--start", type=date_arg, help="first day (default: the first generated day)")
-            p.add_argument("--end", type=date_arg, help="last day (default: the last generated day)")
-            p.add_argument("--stages", default="clean,features", help="comma-separated stages, run in pipeline order")
-    return parser
+        command.options(p)
+        known[command.name] = command
+    return parser, known
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    parser, known = build_parser()
+    args = parser.parse_args(argv)
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
-    handler = COMMANDS[args.command][0]
+    handler = known[args.command].handler
     try:
         cfg = load_config(args.conf, args.overrides)
         handler(cfg, args)
     except RecpipeError as err:
+        cause = err.__cause__
+        if cause is not None and not isinstance(cause, RecpipeError):  # a stage crashed: keep its trace
+            log.error("%s", err, exc_info=cause)
+            print(f"recpipe {args.command}: failed: {err}", file=sys.stderr)
+            return 1
         print(f"recpipe {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # anything else is a bug or an infrastructure failure: keep the trace

@@ -23,6 +23,7 @@ from recpipe.errors import ConfigError
 from recpipe.paths import join_uri, normalize_root
 
 BASE_FILE_NAME = "base.yaml"
+DAY_SLOT = "{dt}"  # where a sub-table's path puts `dt=D`
 
 
 class _Loader(yaml.SafeLoader):
@@ -46,6 +47,7 @@ class TablesConfig:
     raw_events: str
     raw_items: str
     truth: str
+    truth_impressions: str
     manifest: str
     ingest_report: str
     events: str
@@ -60,8 +62,14 @@ class TablesConfig:
     sequences: str
     samples: str
     als: str
+    als_user_factors: str
+    als_item_factors: str
+    als_candidates: str
     recommendations: str
     ranker_input: str
+    ranker_input_train: str
+    ranker_input_valid: str
+    ranker_input_test: str
     checkpoints: str
 
 
@@ -295,12 +303,17 @@ class Config:
     sources: tuple[str, ...] = ()  # the files and overrides this config was built from
 
     def table_path(self, name: str, date: dt.date | None = None) -> str:
-        """The location of a table by its name in `tables:`, or of one day of it."""
+        """The location of a table by its name in `tables:`, or of one day of it (`dt=D`
+        appended, or put where the name's path says `{dt}`)."""
         try:
             relative = getattr(self.tables, name)
         except AttributeError:
             raise ConfigError(f"unknown table {name!r}: not a key of tables:") from None
         path = join_uri(self.paths.root, relative)
+        if DAY_SLOT in relative:
+            if date is None:
+                raise ConfigError(f"tables.{name}: a sub-table of one day ({relative}); give its date")
+            return path.replace(DAY_SLOT, f"dt={date.isoformat()}")
         return join_uri(path, f"dt={date.isoformat()}") if date else path
 
     def to_dict(self) -> dict[str, Any]:

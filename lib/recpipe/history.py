@@ -20,12 +20,11 @@ import datetime as dt
 import logging
 import time
 
-from pyspark.sql import SparkSession
-
 from recpipe.config import Config
 from recpipe.errors import ConfigError, DataError
 from recpipe.etl import clean
-from recpipe.pipeline import StageResult, format_results, run_stages
+from recpipe.lock import describe_command
+from recpipe.runner import DONE, StageOutcome, format_outcomes, running
 
 log = logging.getLogger("recpipe.history")
 
@@ -69,23 +68,29 @@ def whole_history_config(cfg: Config, cutoff: dt.date, first: dt.date, last: dt.
     )
 
 
-def run(spark: SparkSession, cfg: Config, cutoff: dt.date | None = None) -> list[StageResult]:
-    """Clean the whole log in two jobs, then build features, ALS and the ranker as of D.
+def run(cfg: Config, cutoff: dt.date | None = None) -> list[StageOutcome]:
+    """Clean the whole log in two jobs, then build features, ALS and the ranker as of D,
+    all under the root's lock; the stages go through the runner with the stretched
+    windows, so a rerun skips what is done.
 
     Returns:
-        One result per step (`clean` twice, then each stage), for `format_results`.
+        One outcome per step (`clean` twice, then each stage), for `format_outcomes`.
     """
+    from recpipe import stages  # the training stage among them: the report reads this module's windows only
+
     cutoff = cutoff_date(cfg, cutoff)
     first, last = data_span(cfg, cutoff)
     history_cfg = whole_history_config(cfg, cutoff, first, last)
     log.info("whole history: train %s..%s (%d days), evaluate %s..%s (%d days)", first,
              cutoff - dt.timedelta(days=1), history_cfg.features.train_days, cutoff, last,
              history_cfg.evaluation.days)
-    results = []
-    for start, end in ((first, cutoff - dt.timedelta(days=1)), (cutoff, last)):
-        started = time.perf_counter()
-        report = clean.run_range(spark, history_cfg, start, end)
-        results.append(StageResult("clean", end, time.perf_counter() - started, "ok", report))
-    results += run_stages(spark, history_cfg, [cutoff], STAGES)
-    log.info("whole history as of %s done\n%s", cutoff, format_results(results))
-    return results
+    outcomes = []
+    with running(history_cfg, describe_command()) as runner:
+        for start, end in ((first, cutoff - dt.timedelta(days=1)), (cutoff, last)):
+            started = time.perf_counter()
+            report = clean.run_range(runner.spark, history_cfg, start, end)
+            outcomes.append(StageOutcome(end, "clean", DONE, time.perf_counter() - started, report["lines_read"],
+                                         report["accepted"], note=f"{start}..{end}", summary=report))
+        outcomes += [runner.run(stages.get(name), cutoff) for name in STAGES]
+    log.info("whole history as of %s done\n%s", cutoff, format_outcomes(outcomes))
+    return outcomes

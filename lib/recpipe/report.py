@@ -28,12 +28,14 @@ from recpipe.als import stage as als_stage
 from recpipe.als.evaluate import POSITIVE_TYPES, RELEVANT, popularity_lists, ranked_lists, retrieval_metrics
 from recpipe.als.interactions import build_interactions, seen_items
 from recpipe.als.topk import top_k_candidates
+from recpipe.baselines import popularity_index
 from recpipe.config import Config
 from recpipe.errors import DataError
 from recpipe.etl.samples import read_meta
 from recpipe.history import cutoff_date, data_span, whole_history_config
-from recpipe.ranker import stage as ranker_stage
+from recpipe.names import ALS_EXPERIMENT, RANKER_EXPERIMENT
 from recpipe.schema import ALS_SCORE, EVENT_TYPE, ITEM_DENSE, ITEM_IDX, LABEL, TS, USER_IDX
+from recpipe.splits import read_split, split_location
 
 log = logging.getLogger("recpipe.report")
 
@@ -134,10 +136,8 @@ def platt_logloss(valid_scores: np.ndarray, valid_labels: np.ndarray, test_score
 
 def baseline_loglosses(cfg: Config, date: dt.date, meta: Mapping) -> dict[str, float]:
     """`test_<baseline>_logloss` of the ALS score and popularity after Platt scaling."""
-    from recpipe.ranker.data import read_split
-    from recpipe.ranker.inputs import split_location
 
-    popularity = ranker_stage.popularity_index(cfg.ranker, meta, date)
+    popularity = popularity_index(cfg.ranker, meta, date)
     splits = {}
     for split in ("valid", "test"):
         arrays = read_split(split_location(cfg, date, split), (LABEL, ALS_SCORE, ITEM_DENSE))
@@ -262,13 +262,13 @@ def write_results(spark: SparkSession, cfg: Config, cutoff: dt.date | None, outp
     history_cfg = whole_history_config(cfg, cutoff, first, last)
     spark.sparkContext.setCheckpointDir(paths.join_uri(cfg.paths.root, "_checkpoints", "report"))
     meta = read_meta(history_cfg, cutoff)
-    ranker = run_metrics(cfg, ranker_stage.EXPERIMENT, cutoff)
+    ranker = run_metrics(cfg, RANKER_EXPERIMENT, cutoff)
     ranker.update(baseline_loglosses(history_cfg, cutoff, meta))
     text = render(
         cutoff=cutoff, first=first, last=last,
         ingest=json.loads(paths.read_bytes(cfg.table_path("ingest_report"))),
         meta=meta,
-        als=run_metrics(cfg, als_stage.EXPERIMENT, cutoff),
+        als=run_metrics(cfg, ALS_EXPERIMENT, cutoff),
         loo=leave_last_out(spark, history_cfg, first, last),
         ranker=ranker,
         command=command,

@@ -32,14 +32,9 @@ from recpipe.errors import ConfigError, RecpipeError
 
 log = logging.getLogger("recpipe.submit")
 
-# stage -> the jobs/ entry that runs it
+# command -> the jobs/ entry that runs it: any declared stage goes through `run-stage`
 JOBS = {
-    "clean": "clean_events.py",
-    "features": "build_features.py",
-    "als": "train_als.py",
-    "train": "train_ranker.py",
-    "promote": "promote_ranker.py",
-    "score": "score_candidates.py",
+    "run-stage": "run_stage.py",
     "pipeline": "run_pipeline.py",
 }
 TAIL_LINES = 40  # of the application's output, quoted in the error when it fails
@@ -85,8 +80,9 @@ def wheel(cfg: Config) -> str:
     return matches[0]
 
 
-def submit_command(cfg: Config, job: str, conf_file: str, arguments: Sequence[str]) -> list[str]:
-    """The spark-submit line for one job of jobs_dir with its own arguments."""
+def submit_command(cfg: Config, job: str, conf_file: str, arguments: Sequence[str], name: str | None = None) -> list[str]:
+    """The spark-submit line for one job of jobs_dir with its own arguments; the
+    application is called `<spark.app_name>-<name>` (default: the job)."""
     script = Path(cfg.submit.jobs_dir) / JOBS[job]
     if not script.is_file():
         raise ConfigError(f"submit.jobs_dir: {script} not found (run from the repository root)")
@@ -95,7 +91,7 @@ def submit_command(cfg: Config, job: str, conf_file: str, arguments: Sequence[st
         "spark.pyspark.driver.python": sys.executable,
         **{k: str(v) for k, v in cfg.submit.conf.items()},
     }
-    command = [str(spark_submit_path()), "--master", cfg.spark.master, "--name", f"{cfg.spark.app_name}-{job}",
+    command = [str(spark_submit_path()), "--master", cfg.spark.master, "--name", f"{cfg.spark.app_name}-{name or job}",
                "--py-files", wheel(cfg)]
     for key, value in settings.items():
         command += ["--conf", f"{key}={value}"]
@@ -110,13 +106,13 @@ def write_resolved_config(cfg: Config, folder: str) -> str:
     return path
 
 
-def submit(cfg: Config, job: str, arguments: Sequence[str]) -> object:
+def submit(cfg: Config, job: str, arguments: Sequence[str], name: str | None = None) -> object:
     """Run one job through spark-submit, echoing its output; return the JSON it leaves in
     --summary-json. Raises SubmitError with the end of its output when it fails."""
     with tempfile.TemporaryDirectory(prefix=f"recpipe-submit-{job}-") as folder:
         summary_file = os.path.join(folder, "summary.json")
         command = submit_command(cfg, job, write_resolved_config(cfg, folder),
-                                 [*arguments, "--summary-json", summary_file])
+                                 [*arguments, "--summary-json", summary_file], name)
         log.info("submitting %s to %s", JOBS[job], cfg.spark.master)
         returncode, tail = _run_echoing(command, cfg.submit.timeout_s)
         if returncode != 0:
@@ -128,7 +124,10 @@ def submit(cfg: Config, job: str, arguments: Sequence[str]) -> object:
 
 
 def submit_stage(cfg: Config, stage: str, date: dt.date) -> dict:
-    return submit(cfg, stage, ["--date", date.isoformat()])
+    """One stage for D as its own application. The submitting runner decided to run it and
+    holds the lock; the application's runner runs it under that lock (`recpipe.lock`) and
+    writes its marker."""
+    return submit(cfg, "run-stage", ["--stage", stage, "--date", date.isoformat(), "--force"], name=stage)
 
 
 def _run_echoing(command: list[str], timeout_s: int) -> tuple[int | None, collections.deque]:

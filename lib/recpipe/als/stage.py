@@ -15,15 +15,20 @@ from recpipe.als.interactions import RATING, build_interactions, seen_items
 from recpipe.als.topk import top_k_candidates
 from recpipe.config import AlsConfig, Config
 from recpipe.errors import ConfigError
+from recpipe.names import ALS_EXPERIMENT, ALS_MODEL
 from recpipe.schema import ALS_SCORE, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recpipe.spark import blas_implementation
+from recpipe.stage import Partition, Stage, days
 
 log = logging.getLogger("recpipe.als")
 
-EXPERIMENT = "recpipe-als"
-REGISTERED_MODEL = "als-candidates"
-OUTPUTS = ("user_factors", "item_factors", "candidates")
 EVAL_USERS = ("all", "warm")
+
+
+def event_days(cfg: Config, date: dt.date) -> tuple[dt.date, dt.date]:
+    """The first and last `dt=` of events read: the train days before D, then the
+    evaluation days from D on (their items are the held-out truth)."""
+    return date - dt.timedelta(days=cfg.als.train_days), date + dt.timedelta(days=cfg.evaluation.days - 1)
 
 
 def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
@@ -34,8 +39,7 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     log.info("Spark ML BLAS: %s", blas_implementation(spark))
     spark.sparkContext.setCheckpointDir(paths.join_uri(cfg.paths.root, "_checkpoints", "als"))
 
-    last_eval_day = date + dt.timedelta(days=cfg.evaluation.days - 1)
-    events = io.read_days(spark, cfg, "events", date - dt.timedelta(days=als_cfg.train_days), last_eval_day)
+    events = io.read_days(spark, cfg, "events", *event_days(cfg, date))
     interactions = build_interactions(
         events, als_cfg.confidence_weights, date, als_cfg.train_days, als_cfg.decay_half_life_days
     ).checkpoint()  # materialised and deterministic: ALS may recompute lost blocks from it
@@ -51,7 +55,7 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
         als_cfg.user_block_size,
     )
     write_outputs(cfg, date, model, candidates)
-    candidates = io.read_path(spark, als_output(cfg, date, "candidates"))
+    candidates = io.read_path(spark, cfg.table_path("als_candidates", date))
 
     metrics = evaluate(spark, cfg, date, events, interactions, seen, candidates)
     summary = {
@@ -84,15 +88,13 @@ def fit_als(interactions: DataFrame, als_cfg: AlsConfig, blocks: int) -> ALSMode
     return estimator.fit(interactions)
 
 
-def als_output(cfg: Config, date: dt.date, name: str) -> str:
-    return paths.join_uri(cfg.table_path("als", date), name)
-
-
 def write_outputs(cfg: Config, date: dt.date, model: ALSModel, candidates: DataFrame) -> None:
     """Publish factors and candidates of D; each replaces its previous version only when complete."""
-    io.write_replacing(model.userFactors.select(F.col("id").alias(USER_IDX), "features"), als_output(cfg, date, "user_factors"), files=2)
-    io.write_replacing(model.itemFactors.select(F.col("id").alias(ITEM_IDX), "features"), als_output(cfg, date, "item_factors"), files=1)
-    io.write_replacing(candidates, als_output(cfg, date, "candidates"), files=4)
+    io.write_replacing(model.userFactors.select(F.col("id").alias(USER_IDX), "features"),
+                       cfg.table_path("als_user_factors", date), files=2)
+    io.write_replacing(model.itemFactors.select(F.col("id").alias(ITEM_IDX), "features"),
+                       cfg.table_path("als_item_factors", date), files=1)
+    io.write_replacing(candidates, cfg.table_path("als_candidates", date), files=4)
 
 
 def evaluate(
@@ -140,7 +142,7 @@ def oracle_lists(spark: SparkSession, cfg: Config, date: dt.date, max_k: int) ->
     The generator's truth knows p_click only for the items it showed, so this is the
     ceiling of re-ranking what was shown, a reference rather than a competitor.
     """
-    truth = paths.join_uri(cfg.table_path("truth"), "impressions", f"dt={date.isoformat()}")
+    truth = cfg.table_path("truth_impressions", date)
     users_day = io.latest_day(cfg, "dim_users", date + dt.timedelta(days=1))
     if not paths.exists(truth) or users_day is None:
         return None
@@ -162,7 +164,7 @@ def log_to_mlflow(cfg: Config, date: dt.date, als_cfg: AlsConfig, model: ALSMode
 
     from recpipe.tracking import start_run
 
-    with start_run(cfg, EXPERIMENT, run_name=f"als-{date}", tags={"date": date.isoformat(), "stage": "als"}):
+    with start_run(cfg, ALS_EXPERIMENT, run_name=f"als-{date}", tags={"date": date.isoformat(), "stage": "als"}):
         mlflow.log_params({k: v for k, v in cfg.to_dict()["als"].items()})
         mlflow.log_metrics({k: float(v) for k, v in summary.items()})
         mlflow.log_dict(cfg.to_dict(), "config.yaml")
@@ -173,5 +175,24 @@ def log_to_mlflow(cfg: Config, date: dt.date, als_cfg: AlsConfig, model: ALSMode
         mlflow.spark.log_model(  # the Spark flavour still takes artifact_path, not name=
             model,
             artifact_path="als-model",
-            registered_model_name=REGISTERED_MODEL if als_cfg.register_model else None,
+            registered_model_name=ALS_MODEL if als_cfg.register_model else None,
         )
+
+
+def reads(cfg: Config, date: dt.date) -> list[Partition]:
+    """The events of `event_days`, the item dictionary that sizes the catalogue, and on
+    generated data the planted truth of D (the oracle's lists)."""
+    snapshot = io.latest_day(cfg, "dim_items", date)
+    return [*days("events", *event_days(cfg, date)), *([Partition("dim_items", snapshot)] if snapshot else []),
+            Partition("truth_impressions", date)]
+
+
+STAGE = Stage(
+    name="als",
+    help="train implicit ALS on the window before D, write top-K candidates, evaluate on D",
+    config=("als", "evaluation.days"),
+    reads=reads,
+    writes=lambda cfg, date: [Partition("als", date)],
+    run=run,
+    rows=lambda summary: (summary.get("interactions"), summary.get("candidate_rows")),
+)

@@ -27,15 +27,45 @@ from recpipe import io, paths
 from recpipe.config import CleanConfig, Config
 from recpipe.errors import ConfigError, DataError
 from recpipe.etl.catalogue import clean_catalogue, index_catalogue
-from recpipe.etl.dictionaries import (CATEGORIES, ITEMS, USERS, DictionarySpec, assign_new_indexes,
-                                      read_newest_snapshot, read_snapshot, require_index, snapshot_as_of,
-                                      unseen_ids)
-from recpipe.etl.quality import (Outcomes, build_report, count_outcomes, distinct_ids, log_report, reconcile,
-                                 write_report)
+from recpipe.etl.dictionaries import (
+    CATEGORIES,
+    ITEMS,
+    USERS,
+    DictionarySpec,
+    assign_new_indexes,
+    read_newest_snapshot,
+    read_snapshot,
+    require_index,
+    snapshot_as_of,
+    unseen_ids,
+)
+from recpipe.etl.quality import (
+    Outcomes,
+    build_report,
+    count_outcomes,
+    distinct_ids,
+    log_report,
+    reconcile,
+    write_report,
+)
 from recpipe.etl.raw import parse_lines, read_catalogue, read_raw_lines
 from recpipe.etl.rejects import accepted_lines, check_rows, classify_lines, rejected_lines
-from recpipe.schema import (CATEGORY, DT, EVENT_ID, LINE, EVENT_TYPE, EVENTS_SCHEMA, FIRST_SEEN, ITEM_ID, ITEM_IDX,
-                            RAW_EVENT_SCHEMA, TS, USER_ID, USER_IDX)
+from recpipe.schema import (
+    CATEGORY,
+    DT,
+    EVENT_ID,
+    EVENT_TYPE,
+    EVENTS_SCHEMA,
+    FIRST_SEEN,
+    ITEM_ID,
+    ITEM_IDX,
+    LINE,
+    RAW_EVENT_SCHEMA,
+    TS,
+    USER_ID,
+    USER_IDX,
+)
+from recpipe.stage import Partition, Stage
 
 log = logging.getLogger("recpipe.clean")
 
@@ -227,10 +257,15 @@ def read_raw_catalogue(spark: SparkSession, cfg: Config) -> DataFrame:
     return read_catalogue(spark, location)
 
 
+def dedup_days(date: dt.date, lookback_days: int) -> list[dt.date]:
+    """The days before D whose accepted event ids make a re-sent event a duplicate."""
+    return [date - dt.timedelta(days=n) for n in range(1, lookback_days + 1)]
+
+
 def previous_event_ids(spark: SparkSession, cfg: Config, date: dt.date, lookback_days: int) -> DataFrame:
     """Event ids accepted on the `lookback_days` days before D (column `event_id`)."""
     schema = T.StructType([T.StructField(EVENT_ID, T.StringType())])
-    days = [date - dt.timedelta(days=n) for n in range(1, lookback_days + 1)]
+    days = dedup_days(date, lookback_days)
     # Only those days' folders, with the one column: no discovery of the whole table's
     # partitions, no job to infer a schema that is known.
     folders = [cfg.table_path("events", day) for day in days if io.table_exists(cfg, "events", day)]
@@ -313,3 +348,35 @@ def write_day(frame: DataFrame, cfg: Config, name: str, date: dt.date, *, rows: 
 def count_first_seen(dictionary: DataFrame, date: dt.date) -> int:
     """How many ids of a dictionary snapshot entered it on `date`."""
     return dictionary.where(F.col(FIRST_SEEN) == F.lit(date)).count()
+
+
+DICTIONARIES = (USERS, ITEMS, CATEGORIES)
+
+
+def reads(cfg: Config, date: dt.date) -> list[Partition]:
+    """D's raw file and the catalogue; the accepted events of the dedup look-back days; the
+    dictionaries' snapshot before D, which D's extends."""
+    before = date - dt.timedelta(days=1)
+    snapshots = [Partition(spec.table, day) for spec in DICTIONARIES if (day := io.latest_day(cfg, spec.table, before))]
+    return [
+        Partition("raw_events", date, required=True),
+        Partition("raw_items", required=True),
+        *[Partition("events", day) for day in dedup_days(date, cfg.clean.dedup_lookback_days)],
+        *snapshots,
+    ]
+
+
+def writes(cfg: Config, date: dt.date) -> list[Partition]:
+    return [Partition(table, date) for table in
+            ("events", "rejects", "quality", *(spec.table for spec in DICTIONARIES), "catalogue")]
+
+
+STAGE = Stage(
+    name="clean",
+    help="clean day D's raw logs into events and rejects, update the id dictionaries",
+    config=("clean",),
+    reads=reads,
+    writes=writes,
+    run=run,
+    rows=lambda summary: (summary.get("lines_read"), summary.get("accepted")),
+)

@@ -6,279 +6,69 @@ in the next day's file) and the newest catalogue snapshot on or before each day.
 Only partitions `dt <= D` are read, so D's outputs depend on nothing written after D's
 clean ran and a rerun or backfill of D reproduces them exactly.
 
-Dense features are computed in one pass for every day they are needed (day D for the
-tables, each impression's day for the samples): events are first reduced to one row per
-(user, day) and (item, day), then a range window over the day number sums the days
-[d - w, d - 1] for each probe row (entity, d). No job per day, and the window work per
-entity is bounded by its active days, not by its events.
+The transforms are in `activity` (dense features) and `sequences`/`samples`; this module
+holds the stage: its I/O, settings checks, `run` and declaration.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Iterable
 
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recpipe import io, paths
 from recpipe.config import Config, FeaturesConfig
 from recpipe.errors import ConfigError, DataError
 from recpipe.etl import samples as S
+from recpipe.etl.activity import (
+    FROM_DAY,
+    TO_DAY,
+    active_before,
+    build_item_features,
+    build_user_features,
+    daily_activity,
+    favourite_categories,
+    item_features_as_of,
+    user_features_as_of,
+)
+from recpipe.etl.feature_names import item_dense_names, user_dense_names
 from recpipe.etl.sequences import (
-    DAY_MS, EVENT_DAY, build_user_sequences, day_start_ms, epoch_day, select_interactions, with_event_time,
+    DAY_MS,
+    EVENT_DAY,
+    build_user_sequences,
+    day_start_ms,
+    epoch_day,
+    select_interactions,
+    with_event_time,
 )
 from recpipe.schema import (
-    CAT_IDX, DT, EVENT_ID, EVENT_TYPE, EVENT_TYPES, FAV_CATS, ITEM_DENSE, ITEM_IDX, LABEL, PADDING_IDX, PRICE,
-    RECENCY_DAYS, REQUEST_ID, SPLIT, TS, TS_MS, USER_DENSE, USER_IDX, require_columns,
+    CAT_IDX,
+    DT,
+    EVENT_ID,
+    EVENT_TYPE,
+    EVENT_TYPES,
+    ITEM_DENSE,
+    ITEM_IDX,
+    LABEL,
+    PRICE,
+    REQUEST_ID,
+    SPLIT,
+    TS,
+    TS_MS,
+    USER_DENSE,
+    USER_IDX,
+    require_columns,
 )
+from recpipe.stage import Partition, Stage, days, total
 
 log = logging.getLogger("recpipe.features")
 
 EVENT_COLUMNS = (EVENT_ID, USER_IDX, ITEM_IDX, EVENT_TYPE, TS, REQUEST_ID)
 CATALOGUE_COLUMNS = (ITEM_IDX, CAT_IDX, PRICE)
 
-_LAST_MS = "_last_interaction_ms"
-_PROBE = "_probe"
-_FROM_DAY, _TO_DAY = "_from_day", "_to_day"   # the epoch days a catalogue snapshot applies to
-_SPAN_ITEM = "_span_item_idx"
-
-
-# --- names ---------------------------------------------------------------------------
-
-def count_name(event_type: str, days: int) -> str:
-    """Column of the number of `event_type` events in the `days` days before the cut-off."""
-    return f"{event_type}_{days}d"
-
-
-def ctr_name(days: int) -> str:
-    return f"ctr_{days}d"
-
-
-def activity_names(windows_days: Iterable[int]) -> list[str]:
-    """Counts (every event type, every window) then CTR per window, in a fixed order."""
-    windows = list(windows_days)
-    return [count_name(t, w) for w in windows for t in EVENT_TYPES] + [ctr_name(w) for w in windows]
-
-
-def user_dense_names(windows_days: Iterable[int]) -> list[str]:
-    """Names of the `user_dense` entries, in order (recorded in the samples' _meta.json)."""
-    return [_dense_name(c) for c in activity_names(windows_days)] + [f"log1p_{RECENCY_DAYS}"]
-
-
-def item_dense_names(windows_days: Iterable[int]) -> list[str]:
-    """Names of the `item_dense` entries, in order (recorded in the samples' _meta.json)."""
-    return [_dense_name(c) for c in activity_names(windows_days)] + [f"log1p_{PRICE}"]
-
-
-def _dense_name(column: str) -> str:
-    return column if column.startswith("ctr_") else f"log1p_{column}"
-
-
-# --- transforms ----------------------------------------------------------------------
-
-def daily_activity(events: DataFrame, key: str, interaction_types: tuple) -> DataFrame:
-    """One row per (key, day) with events: a count per event type and the last interaction.
-
-    Args:
-        events: events with `ts_ms` and `event_day` (see `with_event_time`).
-        key: `user_idx` or `item_idx`.
-        interaction_types: event types whose latest `ts_ms` is kept (for recency).
-
-    Returns:
-        `key`, `event_day`, `n_<type>` per event type, `_last_interaction_ms` (null when
-        the day had only impressions).
-    """
-    require_columns(events, [key, EVENT_TYPE, TS_MS, EVENT_DAY], "daily_activity")
-    return (
-        events
-        .groupBy(key, EVENT_DAY)
-        .agg(
-            *[F.count_if(F.col(EVENT_TYPE) == t).alias(f"n_{t}") for t in EVENT_TYPES],
-            F.max(F.when(F.col(EVENT_TYPE).isin(*interaction_types), F.col(TS_MS))).alias(_LAST_MS),
-        )
-    )
-
-
-def rolling_activity(daily: DataFrame, targets: DataFrame, key: str, windows_days: tuple,
-                     lookback_days: int) -> DataFrame:
-    """Activity of each target (key, day) over the windows before that day's cut-off.
-
-    The features of (k, d) use the days d - w .. d - 1 only, i.e. events before d 00:00
-    UTC: a probe row per target is added to the daily rows, and range windows over the
-    day number ending one day before the probe sum the counts.
-
-    Args:
-        daily: the output of `daily_activity`.
-        targets: distinct (`key`, `event_day`) pairs to compute features for.
-        windows_days: window lengths in days, e.g. (1, 7, 30).
-        lookback_days: how far back recency looks for the last interaction.
-
-    Returns:
-        `key`, `event_day`, `<type>_<w>d` counts, `ctr_<w>d` (clicks / impressions, 0 when
-        there were no impressions, at most 1) and `recency_days` (days from the last
-        interaction to the cut-off; null when none within `lookback_days`).
-    """
-    counts = [f"n_{t}" for t in EVENT_TYPES]
-    probes = (
-        targets
-        .select(key, EVENT_DAY, *[F.lit(0).cast("long").alias(c) for c in counts],
-                F.lit(None).cast("long").alias(_LAST_MS), F.lit(True).alias(_PROBE))
-    )
-    rows = (
-        daily
-        .select(key, EVENT_DAY, *counts, _LAST_MS, F.lit(False).alias(_PROBE))
-        .unionByName(probes)
-    )
-    by_day = Window.partitionBy(key).orderBy(EVENT_DAY)
-    window_sums = [
-        F.coalesce(F.sum(f"n_{t}").over(by_day.rangeBetween(-w, -1)), F.lit(0)).alias(count_name(t, w))
-        for w in windows_days for t in EVENT_TYPES
-    ]
-    last_ms = F.max(_LAST_MS).over(by_day.rangeBetween(-lookback_days, -1))
-    cutoff_ms = F.col(EVENT_DAY).cast("long") * F.lit(DAY_MS)
-    recency = ((cutoff_ms - last_ms) / F.lit(float(DAY_MS))).alias(RECENCY_DAYS)
-    return (
-        rows
-        .select(key, EVENT_DAY, _PROBE, *window_sums, recency)
-        .where(F.col(_PROBE))
-        .select(key, EVENT_DAY, *[count_name(t, w) for w in windows_days for t in EVENT_TYPES],
-                *[_ctr(w).alias(ctr_name(w)) for w in windows_days], RECENCY_DAYS)
-    )
-
-
-def _ctr(days: int) -> Column:
-    impressions = F.col(count_name("impression", days))
-    clicks = F.col(count_name("click", days))
-    # A click can outlive its impression's window (impression just before the window
-    # starts), so the ratio is capped at 1.
-    return F.when(impressions > 0, F.least(clicks / impressions, F.lit(1.0))).otherwise(F.lit(0.0))
-
-
-def _dense_array(columns: list[str]) -> Column:
-    """float32 array of the activity columns: log1p of counts, CTRs as they are."""
-    return F.array(*[(F.col(c) if c.startswith("ctr_") else F.log1p(F.col(c))).cast("float") for c in columns])
-
-
-def user_features_as_of(daily: DataFrame, targets: DataFrame, windows_days: tuple, lookback_days: int) -> DataFrame:
-    """User activity features as of each target (user_idx, event_day) cut-off, plus `user_dense`.
-
-    `user_dense` follows `user_dense_names`; a missing recency counts as `lookback_days`.
-    """
-    activity = activity_names(windows_days)
-    recency = F.least(F.coalesce(F.col(RECENCY_DAYS), F.lit(float(lookback_days))), F.lit(float(lookback_days)))
-    return (
-        rolling_activity(daily, targets, USER_IDX, windows_days, lookback_days)
-        .withColumn(USER_DENSE, F.concat(_dense_array(activity), F.array(F.log1p(recency).cast("float"))))
-    )
-
-
-def item_features_as_of(daily: DataFrame, targets: DataFrame, catalogue_days: DataFrame, windows_days: tuple,
-                        lookback_days: int) -> DataFrame:
-    """Item activity features as of each target (item_idx, event_day) cut-off, plus `item_dense`.
-
-    Args:
-        catalogue_days: the catalogue snapshots and the days each applies to (see
-            `read_catalogue_days`).
-
-    Returns:
-        `item_idx`, `event_day`, `cat_idx` (0 = unknown), `price` (null = unknown), the
-        activity columns and `item_dense` (following `item_dense_names`; unknown price = 0).
-    """
-    activity = activity_names(windows_days)
-    return (
-        rolling_activity(daily, targets, ITEM_IDX, windows_days, lookback_days)
-        .drop(RECENCY_DAYS)
-        .transform(lambda f: with_catalogue_of_the_day(f, catalogue_days))
-        .withColumn(CAT_IDX, F.coalesce(F.col(CAT_IDX), F.lit(PADDING_IDX)))
-        .withColumn(ITEM_DENSE, F.concat(
-            _dense_array(activity),
-            F.array(F.log1p(F.greatest(F.coalesce(F.col(PRICE), F.lit(0.0)), F.lit(0.0))).cast("float")),
-        ))
-    )
-
-
-def favourite_categories(interactions: DataFrame, cutoff_ms: int, window_days: int, top: int) -> DataFrame:
-    """Each user's `top` categories by interactions in the `window_days` before the cut-off.
-
-    Ties go to the category interacted with most recently, then to the lower cat_idx.
-    Unknown categories (cat_idx 0) are not favourites.
-
-    Returns:
-        `user_idx`, `fav_cats`: int32 array of length `top`, most interacted first,
-        padded at the end with 0.
-    """
-    ranked = Window.partitionBy(USER_IDX).orderBy(F.col("_n").desc(), F.col("_last").desc(), F.col(CAT_IDX))
-    favourites = (
-        interactions
-        .where(F.col(TS_MS).between(cutoff_ms - window_days * DAY_MS, cutoff_ms - 1))
-        .where(F.col(CAT_IDX) != PADDING_IDX)
-        .groupBy(USER_IDX, CAT_IDX)
-        .agg(F.count(F.lit(1)).alias("_n"), F.max(TS_MS).alias("_last"))
-        .withColumn("_rank", F.row_number().over(ranked))
-        .where(F.col("_rank") <= top)
-        .groupBy(USER_IDX)
-        .agg(F.array_sort(F.collect_list(F.struct("_rank", CAT_IDX))).alias("_favs"))
-    )
-    cats = F.transform(F.col("_favs"), lambda x: x[CAT_IDX])
-    return favourites.select(
-        USER_IDX,
-        F.concat(cats, F.array_repeat(F.lit(PADDING_IDX), F.lit(top) - F.size(cats))).alias(FAV_CATS),
-    )
-
-
-def active_before(daily: DataFrame, key: str, cutoff_day: int, lookback_days: int) -> DataFrame:
-    """(key, event_day = cutoff_day) for every key with events in the lookback before the cut-off."""
-    return (
-        daily
-        .where(F.col(EVENT_DAY).between(cutoff_day - lookback_days, cutoff_day - 1))
-        .select(key)
-        .distinct()
-        .withColumn(EVENT_DAY, F.lit(cutoff_day))
-    )
-
-
-def with_catalogue_of_the_day(frame: DataFrame, catalogue_days: DataFrame) -> DataFrame:
-    """Add `cat_idx` and `price` of the snapshot whose span holds each row's `event_day`
-    (null where none does): an equi-join on the item, then the span check, so each item
-    meets only its few snapshots."""
-    spans = catalogue_days.withColumnRenamed(ITEM_IDX, _SPAN_ITEM)
-    in_span = (F.col(ITEM_IDX) == F.col(_SPAN_ITEM)) & F.col(EVENT_DAY).between(F.col(_FROM_DAY), F.col(_TO_DAY))
-    return frame.join(spans, in_span, "left").drop(_SPAN_ITEM, _FROM_DAY, _TO_DAY)
-
-
-def build_user_features(user_asof: DataFrame, table_targets: DataFrame, favourites: DataFrame, cutoff_day: int,
-                        windows_days: tuple, top_categories: int) -> DataFrame:
-    """The user features table as of a cut-off day.
-
-    Returns:
-        One row per target user: `user_idx`, the activity columns, `recency_days`,
-        `fav_cats` (length `top_categories`, 0-padded) and `user_dense`.
-    """
-    no_favourites = F.array_repeat(F.lit(PADDING_IDX), top_categories)
-    return (
-        user_asof
-        .where(F.col(EVENT_DAY) == cutoff_day)
-        .join(table_targets, [USER_IDX, EVENT_DAY], "left_semi")
-        .join(favourites, USER_IDX, "left")
-        .select(USER_IDX, *activity_names(windows_days), RECENCY_DAYS,
-                F.coalesce(F.col(FAV_CATS), no_favourites).alias(FAV_CATS), USER_DENSE)
-    )
-
-
-def build_item_features(item_asof: DataFrame, cutoff_day: int, windows_days: tuple) -> DataFrame:
-    """The item features table as of a cut-off day: `item_idx`, `cat_idx`, `price`,
-    the activity columns and `item_dense`."""
-    return (
-        item_asof
-        .where(F.col(EVENT_DAY) == cutoff_day)
-        .select(ITEM_IDX, CAT_IDX, PRICE, *activity_names(windows_days), ITEM_DENSE)
-    )
-
-
-# --- I/O -----------------------------------------------------------------------------
 
 def read_events(spark: SparkSession, cfg: Config, first_day: dt.date, date: dt.date, until_ms: int) -> DataFrame:
     """Events with `ts` in [first_day 00:00, until_ms) from the partitions dt first_day..date.
@@ -322,7 +112,7 @@ def read_catalogue_days(spark: SparkSession, cfg: Config, days: list[dt.date]) -
         frames.append(
             catalogue
             .select(ITEM_IDX, CAT_IDX, F.col(PRICE).cast("double").alias(PRICE),
-                    F.lit(min(covered)).alias(_FROM_DAY), F.lit(max(covered)).alias(_TO_DAY))
+                    F.lit(min(covered)).alias(FROM_DAY), F.lit(max(covered)).alias(TO_DAY))
         )
     out = frames[0]
     for frame in frames[1:]:
@@ -355,8 +145,6 @@ def count_rows(location: str) -> int:
     fs, path = paths.filesystem_for(location)
     return pads.dataset(path, filesystem=fs, format="parquet").count_rows()
 
-
-# --- the stage -----------------------------------------------------------------------
 
 def check_config(fc: FeaturesConfig) -> None:
     """Raise ConfigError naming the `features.*` key whose value cannot work."""
@@ -398,6 +186,22 @@ def check_eval_days(days: int) -> int:
     return days
 
 
+def sample_days(cfg: Config, date: dt.date) -> list[dt.date]:
+    """The days whose impressions become samples: the train days before D, then the
+    evaluation days from D on."""
+    train_start = date - dt.timedelta(days=cfg.features.train_days)
+    return [train_start + dt.timedelta(days=i) for i in range(cfg.features.train_days + cfg.evaluation.days)]
+
+
+def event_days(cfg: Config, date: dt.date) -> tuple[dt.date, dt.date]:
+    """The first and last `dt=` of events read: back to the look-back (or the longest
+    window) before the first sample day, up to the last sample day (its late events and
+    clicks within the attribution window are in its own or the next file)."""
+    fc = cfg.features
+    sampled = sample_days(cfg, date)
+    return sampled[0] - dt.timedelta(days=max(fc.lookback_days, *fc.windows_days)), sampled[-1]
+
+
 def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     """Build the features, sequences and ranker samples as of `date` and write them.
 
@@ -412,13 +216,9 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     cutoff_day, cutoff_ms = epoch_day(date), day_start_ms(date)
     eval_end_ms = cutoff_ms + eval_days * DAY_MS  # valid/test: [D, D + evaluation.days)
     train_start = date - dt.timedelta(days=fc.train_days)
-    sample_days = [train_start + dt.timedelta(days=i) for i in range(fc.train_days + eval_days)]
-    # Events back to the lookback (or the longest window) before the first sample day, and
-    # after the evaluation days as far as the attribution window of their last impressions.
-    first_day = train_start - dt.timedelta(days=max(fc.lookback_days, max(windows)))
-    events = read_events(spark, cfg, first_day, sample_days[-1],
-                         until_ms=eval_end_ms + fc.attribution_minutes * 60_000)
-    catalogue_days = read_catalogue_days(spark, cfg, sample_days)
+    first_day, last_day = event_days(cfg, date)
+    events = read_events(spark, cfg, first_day, last_day, until_ms=eval_end_ms + fc.attribution_minutes * 60_000)
+    catalogue_days = read_catalogue_days(spark, cfg, sample_days(cfg, date))
     # Categories come from D's snapshot for candidates and histories alike, so that the
     # attention compares like with like; prices follow each day's snapshot.
     item_categories = read_item_categories(spark, cfg, date)
@@ -537,3 +337,28 @@ def write_samples_and_meta(samples: DataFrame, cfg: Config, date: dt.date, windo
         "row_group_mb": fc.row_group_mb,
     })
     return rows
+
+
+def reads(cfg: Config, date: dt.date) -> list[Partition]:
+    """The events of `event_days`, and the catalogue snapshots that apply to the sample days."""
+    snapshots = sorted({s for day in sample_days(cfg, date) if (s := io.latest_day(cfg, "catalogue", day))})
+    return [
+        *days("events", *event_days(cfg, date)),
+        *[Partition("catalogue", day) for day in snapshots],
+        Partition("catalogue", snapshots[-1] if snapshots else date, required=True),
+    ]
+
+
+def writes(cfg: Config, date: dt.date) -> list[Partition]:
+    return [Partition(table, date) for table in ("user_features", "item_features", "sequences", "samples")]
+
+
+STAGE = Stage(
+    name="features",
+    help="build features, behaviour sequences and ranker samples as of day D",
+    config=("features", "evaluation.days"),
+    reads=reads,
+    writes=writes,
+    run=run,
+    rows=lambda summary: (None, total(summary.get("samples"))),
+)

@@ -19,10 +19,10 @@ from pyspark.sql import functions as F
 from recpipe import paths
 from recpipe.config import Config
 from recpipe.errors import DataError
+from recpipe.names import ETL_EXPERIMENT
 from recpipe.schema import DT, EVENT_TYPE, ITEM_ID, REJECT_REASON, REJECT_REASONS, TS, USER_ID
 
 REPORT_FILE = "quality.json"
-EXPERIMENT = "recpipe-etl"
 _LATE = "_late"
 
 log = logging.getLogger("recpipe.clean")
@@ -141,7 +141,7 @@ def log_report(cfg: Config, day: dt.date, report: dict) -> str:
 
     from recpipe.tracking import start_run
 
-    with start_run(cfg, EXPERIMENT, run_name=f"clean-{day.isoformat()}",
+    with start_run(cfg, ETL_EXPERIMENT, run_name=f"clean-{day.isoformat()}",
                    tags={"date": day.isoformat(), "stage": "clean"}) as run:
         mlflow.log_metrics(report_metrics(report))
         mlflow.log_dict(report, REPORT_FILE)

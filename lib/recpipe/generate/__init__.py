@@ -24,15 +24,42 @@ import pyarrow as pa
 
 from recpipe.errors import ConfigError
 from recpipe.generate.clicks import ClickParams, click_probability, history_similarities
-from recpipe.generate.faults import (FAULT_KINDS, RowSet, bad_timestamp, bot_events, future_timestamp,
-                                     invalid_value, latest_rows, malformed_json, missing_field, planted_count,
-                                     unknown_event_type, with_fresh_ids)
+from recpipe.generate.faults import (
+    FAULT_KINDS,
+    RowSet,
+    bad_timestamp,
+    bot_events,
+    future_timestamp,
+    invalid_value,
+    latest_rows,
+    malformed_json,
+    missing_field,
+    planted_count,
+    unknown_event_type,
+    with_fresh_ids,
+)
 from recpipe.generate.sessions import DAY_MS, EVENT_TYPES, simulate_day
-from recpipe.generate.tokens import (EVENT_FIELDS, ITEM_FIELDS, RECORD_SOURCE_COLUMNS, Naming, catalogue_records,
-                                     epoch_ms, event_records)
+from recpipe.generate.tokens import (
+    EVENT_FIELDS,
+    ITEM_FIELDS,
+    RECORD_SOURCE_COLUMNS,
+    Naming,
+    catalogue_records,
+    epoch_ms,
+    event_records,
+)
 from recpipe.generate.truth import impression_truth, item_truth, user_truth
-from recpipe.generate.world import (STREAM_BOTS, STREAM_DAY, STREAM_FAULTS, STREAM_RENDER, STREAM_SHUFFLE,
-                                    STREAM_WORLD, World, build_world, substream)
+from recpipe.generate.world import (
+    STREAM_BOTS,
+    STREAM_DAY,
+    STREAM_FAULTS,
+    STREAM_RENDER,
+    STREAM_SHUFFLE,
+    STREAM_WORLD,
+    World,
+    build_world,
+    substream,
+)
 from recpipe.generate.writer import GzipWriter, write_json, write_json_lines_parts, write_parquet
 from recpipe.paths import delete_dir, join_uri
 
@@ -128,7 +155,7 @@ def generate_day(cfg, world: World, naming: Naming, params: ClickParams, history
     events, history = simulate_day(world, history, gen, params, substream(gen.seed, STREAM_DAY, day_index))
     events["ts_ms"] += day_start
     truth = impression_truth(events, np.arange(len(events)), day_index, naming)
-    write_parquet(join_uri(cfg.table_path("truth"), "impressions", f"dt={date.isoformat()}", "part-00000.parquet"),
+    write_parquet(join_uri(cfg.table_path("truth_impressions", date), "part-00000.parquet"),
                   truth)
 
     shuffle_rng = substream(gen.seed, STREAM_SHUFFLE, day_index)

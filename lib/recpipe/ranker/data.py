@@ -16,12 +16,8 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from recpipe.paths import filesystem_for, has_scheme
-
-LABEL = "label"
-FEATURES = ("item_idx", "cat_idx", "hist_items", "hist_cats", "hist_len", "user_dense", "item_dense", "als_score")
-TRAIN_COLUMNS = (*FEATURES, LABEL)
-EVAL_EXTRA = ("event_id", "user_idx")  # kept for grouping and joining the truth; not tensors
+from recpipe.paths import has_scheme
+from recpipe.splits import FEATURES, TRAIN_COLUMNS
 
 
 def dataset_url(location: str) -> str:
@@ -31,19 +27,6 @@ def dataset_url(location: str) -> str:
     if location.startswith("s3a://"):
         return "s3://" + location[len("s3a://"):]
     return location
-
-
-def row_groups(location: str) -> int:
-    """How many Parquet row groups a dataset folder holds (Petastorm shards by these)."""
-    return sum(fragment.metadata.num_row_groups for fragment in _fragments(location))
-
-
-def _fragments(location: str) -> list:
-    """The Parquet files of a folder (names starting with _ or . are skipped, as Spark does)."""
-    import pyarrow.dataset as ds
-
-    fs, root = filesystem_for(location)
-    return list(ds.dataset(root, filesystem=fs, format="parquet").get_fragments())
 
 
 # Petastorm 0.12 drives pyarrow 14 through its legacy API (the reason pyarrow is pinned):
@@ -107,49 +90,9 @@ class TrainStream:
         self._reader.join()
 
 
-def read_split(location: str, columns: Sequence[str] = (*TRAIN_COLUMNS, *EVAL_EXTRA),
-               rank: int = 0, world: int = 1) -> dict[str, np.ndarray]:
-    """Every row of a split (or of this rank's share of its row groups), as numpy arrays.
-
-    Row groups are dealt to ranks round-robin in a fixed order, so each row is read by
-    exactly one rank (evaluation must see every row exactly once, unlike training).
-    Array columns become 2-D arrays.
-    """
-    tables = []
-    index = 0
-    for fragment in sorted(_fragments(location), key=lambda f: f.path):
-        for group in range(fragment.metadata.num_row_groups):
-            if index % world == rank:
-                tables.append(fragment.subset(row_group_ids=[group]).to_table(columns=list(columns)))
-            index += 1
-    return _to_numpy(tables, columns)
-
-
-def _to_numpy(tables: list, columns: Sequence[str]) -> dict[str, np.ndarray]:
-    import pyarrow as pa
-
-    if not tables:
-        return {c: np.empty(0) for c in columns}
-    table = pa.concat_tables(tables)
-    out = {}
-    for name in columns:
-        column = table.column(name).combine_chunks()
-        if isinstance(column.type, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
-            width = len(column[0]) if len(column) else 0
-            out[name] = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width)
-        else:
-            out[name] = column.to_numpy(zero_copy_only=False)
-    return out
-
-
 def tensor_batches(arrays: Mapping[str, np.ndarray], batch_size: int, columns: Sequence[str] = FEATURES
                    ) -> Iterator[dict[str, torch.Tensor]]:
     """Consecutive batches of in-memory arrays as tensors (for evaluation and scoring)."""
     rows = len(next(iter(arrays.values()))) if arrays else 0
     for start in range(0, rows, batch_size):
         yield {name: torch.as_tensor(np.ascontiguousarray(arrays[name][start:start + batch_size])) for name in columns}
-
-
-def parquet_rows(location: str) -> int:
-    """Rows of a Parquet folder from the footers alone."""
-    return sum(frag.metadata.num_rows for frag in _fragments(location))

@@ -13,13 +13,17 @@ import logging
 from typing import Mapping
 
 import numpy as np
+import pandas as pd
 import torch
 
 from recpipe import paths
-from recpipe.config import Config
+from recpipe.baselines import baseline_scores
+from recpipe.config import Config, RankerConfig
+from recpipe.metrics import auc, evaluate_scores
 from recpipe.ranker.data import tensor_batches
-from recpipe.ranker.metrics import auc, evaluate_scores
-from recpipe.ranker.model import RankerModel, model_inputs
+from recpipe.ranker.settings import ATTENTION
+from recpipe.schema import ITEM_ID, ITEM_IDX
+from recpipe.serving.model import RankerModel, model_inputs
 
 log = logging.getLogger("recpipe.ranker")
 
@@ -34,19 +38,11 @@ def predict(model: RankerModel, arrays: Mapping[str, np.ndarray], batch_size: in
     return np.concatenate(out).astype(np.float64) if out else np.empty(0)
 
 
-def baseline_scores(arrays: Mapping[str, np.ndarray], popularity_index: int) -> dict[str, np.ndarray]:
-    """The scores of the non-learned rankers: the ALS score and the popularity feature."""
-    return {
-        "als": arrays["als_score"].astype(np.float64),
-        "popularity": arrays["item_dense"][:, popularity_index].astype(np.float64),
-    }
-
-
 def oracle_probabilities(cfg: Config, date: dt.date, event_ids: np.ndarray) -> np.ndarray | None:
     """The planted p_click of each event id (NaN where unknown); None on real data."""
     import pyarrow.dataset as ds
 
-    location = paths.join_uri(cfg.table_path("truth"), "impressions", f"dt={date.isoformat()}")
+    location = cfg.table_path("truth_impressions", date)
     if not paths.exists(location):
         return None
     fs, root = paths.filesystem_for(location)
@@ -86,3 +82,27 @@ def compare(labels: np.ndarray, users: np.ndarray, probabilities: Mapping[str, n
     for method, (values, _) in methods.items():
         out[f"test_{method}_auc_vs_oracle"] = auc(y, values[covered]) / ceiling
     return out
+
+
+def evaluate_and_plot(cfg: Config, date: dt.date, rc: RankerConfig, popularity: int,
+                      models: Mapping[str, RankerModel], results: Mapping[str, dict], test: Mapping[str, np.ndarray],
+                      vocabulary: pd.DataFrame) -> dict[str, float]:
+    """Test metrics of every method on the same rows, and the figures, into the active run."""
+    import mlflow
+
+    from recpipe.ranker.report import attention_heatmap_figure, roc_figure, training_curves_figure
+
+    probabilities = {name: predict(model, test, rc.eval_batch_size) for name, model in models.items()}
+    scores = baseline_scores(test, popularity)
+    oracle = oracle_probabilities(cfg, date, test["event_id"])
+    metrics = compare(test["label"], test["user_idx"], probabilities, scores, oracle)
+
+    curves = {**probabilities, **scores}
+    if oracle is not None and not np.isnan(oracle).any():
+        curves["oracle"] = oracle
+    mlflow.log_figure(roc_figure(test["label"], curves), "figures/roc.png")
+    mlflow.log_figure(training_curves_figure({n: r["history"] for n, r in results.items()}), "figures/training_curves.png")
+    names = dict(zip(vocabulary[ITEM_IDX].astype(int), vocabulary[ITEM_ID].astype(str)))
+    mlflow.log_figure(attention_heatmap_figure(models[ATTENTION], test, names, users=rc.heatmap_users, seed=rc.seed),
+                      "figures/attention_heatmap.png")
+    return metrics

@@ -23,16 +23,27 @@ from recpipe.errors import DataError
 from recpipe.etl.samples import SAMPLE_COLUMNS, SPLITS, TRAIN, files_for
 from recpipe.etl.sequences import DAY_MS, epoch_day
 from recpipe.schema import (
-    ALS_SCORE, CAT_IDX, DT, HIST_CATS, HIST_ITEMS, ITEM_DENSE, ITEM_IDX, SPLIT, TS_MS, USER_DENSE, USER_IDX,
+    ALS_SCORE,
+    CAT_IDX,
+    DT,
+    HIST_CATS,
+    HIST_ITEMS,
+    ITEM_DENSE,
+    ITEM_IDX,
+    SPLIT,
+    TS_MS,
+    USER_DENSE,
+    USER_IDX,
     require_columns,
 )
+from recpipe.splits import split_location
 
 log = logging.getLogger("recpipe.ranker")
 
 ALS_DAY = "_als_day"      # epoch day of the ALS run whose factors score a sample
 SAMPLE_DAY = "_sample_day"
 FACTORS = "features"      # ALS factor column
-FACTOR_OUTPUTS = ("user_factors", "item_factors")
+FACTOR_TABLES = ("als_user_factors", "als_item_factors")
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,7 @@ class InputStats:
 def als_runs(cfg: Config, up_to: dt.date) -> list[dt.date]:
     """Days a with complete ALS factors (`als/dt=a/{user,item}_factors`), a <= up_to."""
     return [day for day in io.partition_days(cfg, "als")
-            if day <= up_to and all(paths.exists(paths.join_uri(cfg.table_path("als", day), o)) for o in FACTOR_OUTPUTS)]
+            if day <= up_to and all(paths.exists(cfg.table_path(table, day)) for table in FACTOR_TABLES)]
 
 
 def als_day_for(sample_days: Sequence[dt.date], runs: Sequence[dt.date]) -> dict[dt.date, dt.date | None]:
@@ -148,14 +159,10 @@ def vocabulary_and_als_moments(train: DataFrame) -> dict[str, float]:
 
 # --- I/O -----------------------------------------------------------------------------
 
-def split_location(cfg: Config, date: dt.date, split: str) -> str:
-    return paths.join_uri(cfg.table_path("ranker_input", date), f"{SPLIT}={split}")
-
-
-def read_factors(spark: SparkSession, cfg: Config, runs: Sequence[dt.date], output: str, key: str) -> DataFrame:
+def read_factors(spark: SparkSession, cfg: Config, runs: Sequence[dt.date], table: str, key: str) -> DataFrame:
     """The factors of several ALS runs, tagged with `_als_day`."""
     frames = [
-        io.read_path(spark, paths.join_uri(cfg.table_path("als", run), output))
+        io.read_path(spark, cfg.table_path(table, run))
         .select(F.col(key).cast("int").alias(key), FACTORS)
         .withColumn(ALS_DAY, F.lit(epoch_day(run)))
         for run in runs
@@ -209,8 +216,8 @@ def build_ranker_input(spark: SparkSession, cfg: Config, date: dt.date, meta: Ma
         .transform(lambda f: with_als_day(f, mapping))
         .transform(lambda f: attach_als_scores(
             f,
-            read_factors(spark, cfg, used, "user_factors", USER_IDX),
-            read_factors(spark, cfg, used, "item_factors", ITEM_IDX),
+            read_factors(spark, cfg, used, "als_user_factors", USER_IDX),
+            read_factors(spark, cfg, used, "als_item_factors", ITEM_IDX),
         ))
         .transform(lambda f: fill_dense(f, user_dim, item_dim))
         .withColumn(DT, F.lit(date))

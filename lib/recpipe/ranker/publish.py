@@ -1,7 +1,7 @@
 """Logging the attention ranker as a self-contained MLflow pyfunc and registering it.
 
 What travels with the model:
-- code: a copy of the serving modules of this package (`__init__`, `layers/`, `model`,
+- code: a copy of the serving modules of `recpipe.serving` (`__init__`, `layers/`, `model`,
   `scoring`, `pyfunc`) as the top-level package `ranker` in `code_paths`, and
   `pyfunc_entry.py` as the models-from-code entry point;
 - artifacts: `weights.pt` (model config + state dict) and `vocabulary.npz` (item_id →
@@ -13,22 +13,29 @@ What travels with the model:
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import importlib.resources
 import sys
 import tempfile
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
-from recpipe.ranker.pyfunc import VOCABULARY, WEIGHTS
+from recpipe import io
+from recpipe.config import Config, RankerConfig
+from recpipe.names import CHALLENGER, RANKER_MODEL
+from recpipe.ranker import checkpoints
+from recpipe.schema import CAT_IDX, ITEM_DENSE, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
+from recpipe.serving.pyfunc import VOCABULARY, WEIGHTS
 
-PACKAGE = importlib.resources.files("recpipe.ranker")
+PACKAGE = importlib.resources.files("recpipe.serving")
 SERVING_CODE = ("__init__.py", "layers", "model.py", "scoring.py", "pyfunc.py")
 ENTRY = "pyfunc_entry.py"
-ALIAS = "challenger"
 
 
 def stage_model_code(folder: Path) -> Path:
@@ -94,7 +101,7 @@ def signature():
 
 
 def log_ranker_model(weights: str, vocabulary: str, input_example: pd.DataFrame, registered_name: str | None,
-                     name: str = "attention-ranker") -> dict[str, Any]:
+                     name: str = RANKER_MODEL) -> dict[str, Any]:
     """Log the pyfunc in the active run; register it and give the new version the
     `challenger` alias when `registered_name` is set.
 
@@ -121,6 +128,52 @@ def log_ranker_model(weights: str, vocabulary: str, input_example: pd.DataFrame,
     out = {"model_uri": info.model_uri}
     if registered_name:
         version = str(info.registered_model_version)
-        mlflow.MlflowClient().set_registered_model_alias(registered_name, ALIAS, version)
+        mlflow.MlflowClient().set_registered_model_alias(registered_name, CHALLENGER, version)
         out["version"] = version
     return out
+
+
+def publish(spark: SparkSession, cfg: Config, date: dt.date, rc: RankerConfig, result: Mapping,
+            vocabulary: pd.DataFrame, test: Mapping[str, np.ndarray] | None) -> dict[str, str]:
+    """Log the attention model as a pyfunc into the active run; register it as a challenger."""
+    from recpipe.serving.scoring import save_vocabulary, save_weights
+
+    state = checkpoints.load(result["checkpoint"])
+    dense_dim = int(state["model_config"]["item_dense_dim"])
+    with tempfile.TemporaryDirectory() as tmp:
+        weights, vocab = f"{tmp}/weights.pt", f"{tmp}/vocabulary.npz"
+        save_weights(weights, state["model_config"], state["model_state"])
+        save_vocabulary(vocab, vocabulary[ITEM_ID].to_numpy(), vocabulary[ITEM_IDX].to_numpy(),
+                        vocabulary[CAT_IDX].to_numpy(), _dense_matrix(vocabulary[ITEM_DENSE], dense_dim))
+        example = input_example(spark, cfg, date, vocabulary, test)
+        return log_ranker_model(weights, vocab, example, RANKER_MODEL if rc.register_model else None)
+
+
+def _dense_matrix(column: pd.Series, dim: int) -> np.ndarray:
+    out = np.full((len(column), dim), np.nan, np.float32)
+    for i, values in enumerate(column):
+        if values is not None and len(values) == dim:
+            out[i] = values
+    return out
+
+
+def input_example(spark: SparkSession, cfg: Config, date: dt.date, vocabulary: pd.DataFrame,
+                  test: Mapping[str, np.ndarray] | None, rows: int = 3) -> pd.DataFrame:
+    """A few test rows as a consumer would send them: string ids, lists, dense features."""
+    from recpipe.serving.consumer import consumer_frame, id_lookup
+
+    names = id_lookup(vocabulary[ITEM_IDX].to_numpy(), vocabulary[ITEM_ID].astype(str).to_numpy())
+    if test is None or len(test["label"]) == 0:
+        some = [n for n in names if n != "unknown"][:2]
+        return pd.DataFrame({ITEM_ID: some[:1], "history": [some[1:]]})
+    picked = np.argsort(-test["hist_len"], kind="stable")[:rows]
+    users = _user_ids(spark, cfg, date, [int(u) for u in test["user_idx"][picked]])
+    return consumer_frame(test, names, picked, users)
+
+
+def _user_ids(spark: SparkSession, cfg: Config, date: dt.date, indexes: list[int]) -> dict[int, str]:
+    day = io.latest_day(cfg, "dim_users", date)
+    if day is None:
+        return {}
+    rows = io.read_day(spark, cfg, "dim_users", day).where(F.col(USER_IDX).isin(indexes)).collect()
+    return {int(r[USER_IDX]): r[USER_ID] for r in rows}

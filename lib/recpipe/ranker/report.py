@@ -7,9 +7,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from recpipe.metrics import auc, roc_curve
 from recpipe.ranker.data import FEATURES
-from recpipe.ranker.metrics import auc, roc_curve
-from recpipe.ranker.model import RankerModel, model_inputs
+from recpipe.serving.model import RankerModel, model_inputs
 
 
 def _pyplot():

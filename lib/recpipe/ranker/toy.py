@@ -8,13 +8,13 @@ user's three most recent history items (what target attention can find).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recpipe.ranker.model import RankerModelConfig
+from recpipe.serving.model import RankerModelConfig
 
 
 def toy_arrays(rows: int, *, history_length: int = 8, items: int = 200, categories: int = 10, user_dense: int = 3,
@@ -75,7 +75,10 @@ def write_toy_split(folder: str, row_group_sizes: Sequence[int], *, files: int =
     return start
 
 
-def toy_model_config() -> RankerModelConfig:
-    """A small ranker for toy_arrays' default shape (categories + 1 for the padding index)."""
-    return RankerModelConfig(item_vocab=200, cat_vocab=11, history_length=8, user_dense_dim=3, item_dense_dim=2,
-                             item_embedding_dim=8, cat_embedding_dim=4, attention_hidden=(16,), head_hidden=(16,))
+def toy_model_config(settings: Mapping[str, Any]) -> RankerModelConfig:
+    """A small ranker for toy_arrays' default shape (categories + 1 for the padding index),
+    with a config's network `settings` (`recpipe.ranker.settings.network_settings`)."""
+    return RankerModelConfig(**{**settings, "item_vocab": 200, "cat_vocab": 11, "history_length": 8,
+                                "user_dense_dim": 3, "item_dense_dim": 2, "pooling": "attention",
+                                "item_embedding_dim": 8, "cat_embedding_dim": 4, "attention_hidden": (16,),
+                                "head_hidden": (16,)})

@@ -22,10 +22,12 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from recpipe.config import RankerConfig
+from recpipe.metrics import auc, logloss
 from recpipe.ranker import checkpoints, dist
-from recpipe.ranker.data import FEATURES, LABEL, TrainStream, read_split, tensor_batches
-from recpipe.ranker.metrics import auc, logloss
-from recpipe.ranker.model import RankerModel, build_model, model_inputs
+from recpipe.ranker.data import TrainStream, tensor_batches
+from recpipe.serving.model import RankerModel, build_model, model_inputs
+from recpipe.splits import FEATURES, LABEL, read_split
 
 log = logging.getLogger("recpipe.ranker.trainer")
 
@@ -43,6 +45,8 @@ class TrainJob:
         resume: continue from the latest checkpoint in `checkpoint_dir` if there is one.
         tracking_uri / run_id: where rank 0 logs; an empty run id logs nowhere.
         resolved_config: the whole recpipe config, saved with every checkpoint.
+        The other fields are `ranker:` settings (`from_ranker_config`); their defaults
+        live in conf/base.yaml only.
     """
 
     name: str
@@ -51,23 +55,31 @@ class TrainJob:
     valid_location: str
     train_rows: int
     checkpoint_dir: str
-    global_batch_size: int = 1024
-    epochs: int = 2
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    shuffle_queue: int = 10_000
-    reader_workers: int = 2
-    eval_batch_size: int = 4096
-    use_gpu: bool = False
-    resume: bool = False
-    progress: bool = True
+    global_batch_size: int
+    epochs: int
+    learning_rate: float
+    weight_decay: float
+    seed: int
+    shuffle_queue: int
+    reader_workers: int
+    eval_batch_size: int
+    use_gpu: bool
+    resume: bool
+    progress: bool
     tracking_uri: str = ""
     run_id: str = ""
     resolved_config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def from_ranker_config(rc: RankerConfig) -> dict[str, Any]:
+    """The TrainJob fields that come from the `ranker:` section."""
+    return dict(global_batch_size=rc.batch_size, epochs=rc.epochs, learning_rate=rc.learning_rate,
+                weight_decay=rc.weight_decay, seed=rc.seed, shuffle_queue=rc.shuffle_queue,
+                reader_workers=rc.reader_workers, eval_batch_size=rc.eval_batch_size, use_gpu=rc.use_gpu,
+                resume=rc.resume, progress=rc.progress)
 
 
 def steps_per_epoch(train_rows: int, global_batch_size: int) -> int:

@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from recpipe.config import PromoteConfig
-from recpipe.ranker.metrics import auc, gauc
+from recpipe.metrics import auc, gauc
 
 METRICS = ("auc", "gauc")
 

@@ -18,21 +18,21 @@ import numpy as np
 from pyspark.sql import SparkSession
 
 from recpipe import paths
+from recpipe.baselines import baseline_scores, popularity_index
 from recpipe.config import Config
 from recpipe.errors import DataError
 from recpipe.etl.samples import read_meta
-from recpipe.ranker.consumer import consumer_frame, id_lookup
-from recpipe.ranker.data import EVAL_EXTRA, TRAIN_COLUMNS, read_split
-from recpipe.ranker.evaluate import baseline_scores
-from recpipe.ranker.inputs import split_location
-from recpipe.ranker.stage import REGISTERED_MODEL, popularity_index, read_vocabulary
+from recpipe.etl.vocabulary import read_vocabulary, vocabulary_reads
+from recpipe.names import CHALLENGER, CHAMPION, PREVIOUS, RANKER_EXPERIMENT, RANKER_MODEL
 from recpipe.registry.gate import Decision, Scored, decide, score_summary
 from recpipe.schema import ITEM_ID, ITEM_IDX
+from recpipe.serving.consumer import consumer_frame, id_lookup
+from recpipe.splits import EVAL_EXTRA, TRAIN_COLUMNS, read_split, split_location
+from recpipe.stage import Partition, Stage
 from recpipe.tracking import tracking_uri
 
 log = logging.getLogger("recpipe.promote")
 
-CHAMPION, CHALLENGER, PREVIOUS = "champion", "challenger", "previous"
 PROMOTED, REJECTED, ROLLED_BACK = "promoted", "rejected", "rolled_back"
 
 
@@ -43,7 +43,7 @@ def client_for(cfg: Config):
     return mlflow.MlflowClient(tracking_uri(cfg))
 
 
-def version_by_alias(client, alias: str, model: str = REGISTERED_MODEL):
+def version_by_alias(client, alias: str, model: str = RANKER_MODEL):
     """The model version holding `alias`, or None (no such alias, or no such model)."""
     from mlflow.exceptions import MlflowException
 
@@ -53,7 +53,7 @@ def version_by_alias(client, alias: str, model: str = REGISTERED_MODEL):
         return None
 
 
-def challenger_for(client, date: dt.date, model: str = REGISTERED_MODEL):
+def challenger_for(client, date: dt.date, model: str = RANKER_MODEL):
     """The challenger version, which must come from a training run of `date`."""
     version = version_by_alias(client, CHALLENGER, model)
     if version is None:
@@ -63,6 +63,21 @@ def challenger_for(client, date: dt.date, model: str = REGISTERED_MODEL):
         raise DataError(f"promote {date}: the '{CHALLENGER}' version {version.version} of {model} was trained for "
                         f"{trained_for}, not {date}; the train stage of {date} did not register a model")
     return version
+
+
+def trained_version(client, date: dt.date, model: str = RANKER_MODEL) -> str:
+    """The version registered by the newest training run of `date`, or "none". What the
+    gate of D judges: later nights move `challenger` and `champion` on, and that does not
+    make D's decision stale."""
+    experiment = client.get_experiment_by_name(RANKER_EXPERIMENT)
+    if experiment is None:
+        return "none"
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.date = '{date.isoformat()}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return "none"
+    versions = client.search_model_versions(f"name = '{model}' and run_id = '{runs[0].info.run_id}'")
+    return max((v.version for v in versions), key=int, default="none")
 
 
 def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
@@ -86,8 +101,8 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     record(client, date, challenger, champion, scored, baselines, decision)
     if decision.promote:
         if champion is not None:
-            client.set_registered_model_alias(REGISTERED_MODEL, PREVIOUS, champion.version)
-        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, challenger.version)
+            client.set_registered_model_alias(RANKER_MODEL, PREVIOUS, champion.version)
+        client.set_registered_model_alias(RANKER_MODEL, CHAMPION, challenger.version)
     now = challenger.version if decision.promote else (champion.version if champion else "none")
     log.info("promote %s: version %s %s (champion: %s); %s", date, challenger.version,
              PROMOTED if decision.promote else REJECTED, now, decision.reason)
@@ -119,7 +134,7 @@ def predict(version: str, frame) -> np.ndarray:
     import mlflow
 
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/{version}")
+        model = mlflow.pyfunc.load_model(f"models:/{RANKER_MODEL}/{version}")
         out = model.predict(frame)
     except Exception as err:  # a version that cannot score loses; the error is kept in the log
         log.error("version %s could not score the gate's rows: %s", version, err)
@@ -139,7 +154,7 @@ def record(client, date: dt.date, challenger, champion, scored: Mapping[str, Sco
     for who, summary in {**scored, **{f"baseline_{k}": v for k, v in baselines.items()}}.items():
         tags.update(summary.as_tags(who))
     for key, value in tags.items():
-        client.set_model_version_tag(REGISTERED_MODEL, challenger.version, key, value)
+        client.set_model_version_tag(RANKER_MODEL, challenger.version, key, value)
 
 
 def rollback(cfg: Config) -> dict:
@@ -148,10 +163,29 @@ def rollback(cfg: Config) -> dict:
     previous = version_by_alias(client, PREVIOUS)
     champion = version_by_alias(client, CHAMPION)
     if previous is None:
-        raise DataError(f"rollback: {REGISTERED_MODEL} has no '{PREVIOUS}' version to go back to")
-    client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, previous.version)
-    client.delete_registered_model_alias(REGISTERED_MODEL, PREVIOUS)
+        raise DataError(f"rollback: {RANKER_MODEL} has no '{PREVIOUS}' version to go back to")
+    client.set_registered_model_alias(RANKER_MODEL, CHAMPION, previous.version)
+    client.delete_registered_model_alias(RANKER_MODEL, PREVIOUS)
     if champion is not None:
-        client.set_model_version_tag(REGISTERED_MODEL, champion.version, "validation_status", ROLLED_BACK)
+        client.set_model_version_tag(RANKER_MODEL, champion.version, "validation_status", ROLLED_BACK)
     log.info("rollback: champion %s -> %s", champion.version if champion else "none", previous.version)
     return {"champion": previous.version, "rolled_back": champion.version if champion else "none"}
+
+
+def reads(cfg: Config, date: dt.date) -> list[Partition]:
+    """D's held-out split and its samples' meta (the popularity baseline), the vocabulary."""
+    return [Partition("ranker_input", date, required=True), Partition("samples", date, required=True),
+            *vocabulary_reads(cfg, date)]
+
+
+STAGE = Stage(
+    name="promote",
+    help="score champion and challenger on D's held-out rows; move champion if the challenger wins",
+    config=("promote", "ranker.popularity_feature"),
+    reads=reads,
+    writes=lambda cfg, date: [],
+    run=run,
+    rows=lambda summary: (summary.get("rows"), None),
+    registry=lambda cfg, date: {"trained for D": trained_version(client_for(cfg), date)},
+    note=lambda summary: f"{summary.get('decision')}; champion {summary.get('champion')}",
+)

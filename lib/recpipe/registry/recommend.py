@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from recpipe import io
 from recpipe.config import Config
 from recpipe.errors import DataError
-from recpipe.ranker.stage import REGISTERED_MODEL
+from recpipe.names import RANKER_MODEL
 from recpipe.registry.promote import client_for
 from recpipe.registry.score import MODEL_VERSION, RANK, SCORE, candidate_rows, model_input
 from recpipe.schema import ITEM_ID, USER_ID
@@ -54,7 +54,7 @@ def attention_weights(cfg: Config, version: str, rows: pd.DataFrame) -> tuple[np
     import mlflow
 
     client_for(cfg)  # sets the tracking URI that models:/ resolves against
-    scorer = mlflow.pyfunc.load_model(f"models:/{REGISTERED_MODEL}/{version}").unwrap_python_model().scorer
+    scorer = mlflow.pyfunc.load_model(f"models:/{RANKER_MODEL}/{version}").unwrap_python_model().scorer
     inputs = scorer.inputs(model_input(rows))
     with torch.no_grad():
         _, weights = scorer.model.forward_with_weights(*inputs)

@@ -21,10 +21,12 @@ from pyspark.sql import functions as F
 from recpipe import io, paths
 from recpipe.config import Config
 from recpipe.errors import DataError
-from recpipe.ranker.scoring import ALS_SCORE, HISTORY, ITEM_DENSE, USER_DENSE
-from recpipe.ranker.stage import REGISTERED_MODEL
-from recpipe.registry.promote import CHAMPION, client_for, version_by_alias
+from recpipe.etl.vocabulary import snapshot_reads
+from recpipe.names import CHAMPION, RANKER_MODEL
+from recpipe.registry.promote import client_for, version_by_alias
 from recpipe.schema import HIST_ITEMS, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
+from recpipe.serving.scoring import ALS_SCORE, HISTORY, ITEM_DENSE, USER_DENSE
+from recpipe.stage import Partition, Stage
 from recpipe.tracking import tracking_uri
 
 log = logging.getLogger("recpipe.score")
@@ -38,12 +40,12 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     """Score D's candidates with the champion and publish the top N per user."""
     champion = version_by_alias(client_for(cfg), CHAMPION)
     if champion is None:
-        raise DataError(f"score {date}: {REGISTERED_MODEL} has no '{CHAMPION}' version; promote one first")
+        raise DataError(f"score {date}: {RANKER_MODEL} has no '{CHAMPION}' version; promote one first")
     # One partition per core, by user: each loads the model once, and the top-N window
     # that follows finds every user's rows in one place.
     rows = candidate_rows(spark, cfg, date, exclude_history=cfg.score.exclude_history).repartition(
         spark.sparkContext.defaultParallelism, USER_IDX)
-    scored = rows.mapInPandas(score_batches(f"models:/{REGISTERED_MODEL}/{champion.version}", tracking_uri(cfg)),
+    scored = rows.mapInPandas(score_batches(f"models:/{RANKER_MODEL}/{champion.version}", tracking_uri(cfg)),
                               SCORED_SCHEMA)
     top = top_n(scored, cfg.score.top_n).withColumn(MODEL_VERSION, F.lit(str(champion.version)))
     location = cfg.table_path("recommendations", date)
@@ -52,8 +54,13 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     written = io.read_path(spark, location)
     summary = written.agg(F.count("*").alias("rows"), F.countDistinct(USER_IDX).alias("users")).first()
     log.info("score %s: %d recommendations for %d users from %s version %s at %s", date, summary["rows"],
-             summary["users"], REGISTERED_MODEL, champion.version, location)
+             summary["users"], RANKER_MODEL, champion.version, location)
     return {"rows": summary["rows"], "users": summary["users"], "model_version": champion.version}
+
+
+def champion_version(cfg: Config) -> str:
+    version = version_by_alias(client_for(cfg), CHAMPION)
+    return version.version if version is not None else "none"
 
 
 def score_batches(model_uri: str, uri: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
@@ -94,7 +101,7 @@ def candidate_rows(spark: SparkSession, cfg: Config, date: dt.date, exclude_hist
                    user_ids: list[str] | None = None) -> DataFrame:
     """D's ALS candidates with everything the model takes, one row per (user, candidate);
     only those of `user_ids` when given (filtered before the history is assembled)."""
-    candidates_at = paths.join_uri(cfg.table_path("als", date), "candidates")
+    candidates_at = cfg.table_path("als_candidates", date)
     if not paths.exists(candidates_at):
         raise DataError(f"score {date}: no ALS candidates at {candidates_at}; run `recpipe als --date {date}`")
     candidates = io.read_path(spark, candidates_at).select(USER_IDX, ITEM_IDX, ALS_SCORE)
@@ -151,3 +158,22 @@ def features(spark: SparkSession, cfg: Config, table: str, date: dt.date, key: s
     if not io.table_exists(cfg, table, date):
         raise DataError(f"score {date}: no {table} for {date}; run `recpipe features --date {date}`")
     return io.read_day(spark, cfg, table, date).select(key, column)
+
+
+def reads(cfg: Config, date: dt.date) -> list[Partition]:
+    """D's ALS candidates, sequences and features, and the id dictionaries as of D."""
+    return [*[Partition(table, date, required=True)
+              for table in ("als", "sequences", "user_features", "item_features")],
+            *snapshot_reads(cfg, date, ("dim_users", "dim_items"))]
+
+
+STAGE = Stage(
+    name="score",
+    help="re-rank D's ALS candidates with the champion; top N per user to lake/recommendations",
+    config=("score",),
+    reads=reads,
+    writes=lambda cfg, date: [Partition("recommendations", date)],
+    run=run,
+    rows=lambda summary: (None, summary.get("rows")),
+    registry=lambda cfg, date: {CHAMPION: champion_version(cfg)},
+)

@@ -26,6 +26,9 @@ INPUTS = ("item_idx", "cat_idx", "hist_items", "hist_cats", "hist_len", "user_de
 class RankerModelConfig:
     """The shape of one ranker network.
 
+    The settings of the network come from `ranker:` in the configuration (their defaults
+    live in conf/base.yaml only; `recpipe.ranker.settings.network_settings`); the sizes
+    and the normalisation statistics come from the data.
     `item_vocab`/`cat_vocab` are one more than the largest index seen in training; larger
     (or negative) ids are unknown and map to index 0, the padding/unknown row.
     Normalisation statistics come from the train split; std 0 is treated as 1.
@@ -36,22 +39,22 @@ class RankerModelConfig:
     history_length: int
     user_dense_dim: int
     item_dense_dim: int
-    pooling: str = "attention"
-    attention_weighting: str = "softmax"
-    item_embedding_dim: int = 16
-    cat_embedding_dim: int = 8
-    attention_hidden: tuple = (64, 32)
-    head_hidden: tuple = (128, 64)
-    activation: str = "dice"
-    dropout: float = 0.1
+    pooling: str  # attention or mean
+    attention_weighting: str
+    item_embedding_dim: int
+    cat_embedding_dim: int
+    attention_hidden: tuple
+    head_hidden: tuple
+    activation: str
+    dropout: float
+    use_als_score: bool
+    embedding_init_std: float  # item/category embeddings start as N(0, this^2); 1.0 is torch's default
     user_dense_mean: tuple = ()
     user_dense_std: tuple = ()
     item_dense_mean: tuple = ()
     item_dense_std: tuple = ()
     als_score_mean: float = 0.0
     als_score_std: float = 1.0
-    use_als_score: bool = True
-    embedding_init_std: float = 1.0  # item/category embeddings start as N(0, this^2); 1.0 is torch's default
     extra: dict = field(default_factory=dict)  # free-form provenance (date, feature names)
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,7 +4,6 @@ The ranker package travels in the model's `code_paths` and is importable as `ran
 """
 
 import mlflow
-
 from ranker.pyfunc import AttentionRankerPyfunc
 
 mlflow.models.set_model(AttentionRankerPyfunc())

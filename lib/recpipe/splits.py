@@ -1,0 +1,79 @@
+"""Reading one split of `ranker_input/dt=D` (Parquet) into numpy arrays, with pyarrow only.
+
+Used wherever every row of a split is needed at once: evaluation after training, the
+promotion gate, the report. Training streams its rows through Petastorm instead
+(`recpipe.ranker.data`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Sequence
+
+import numpy as np
+
+from recpipe.config import Config
+from recpipe.paths import filesystem_for
+
+LABEL = "label"
+FEATURES = ("item_idx", "cat_idx", "hist_items", "hist_cats", "hist_len", "user_dense", "item_dense", "als_score")
+TRAIN_COLUMNS = (*FEATURES, LABEL)
+EVAL_EXTRA = ("event_id", "user_idx")  # kept for grouping and joining the truth; not tensors
+
+
+def split_location(cfg: Config, date: dt.date, split: str) -> str:
+    """The folder of one split of `ranker_input` for day D (`tables.ranker_input_<split>`)."""
+    return cfg.table_path(f"ranker_input_{split}", date)
+
+
+def row_groups(location: str) -> int:
+    """How many Parquet row groups a dataset folder holds (Petastorm shards by these)."""
+    return sum(fragment.metadata.num_row_groups for fragment in _fragments(location))
+
+
+def _fragments(location: str) -> list:
+    """The Parquet files of a folder (names starting with _ or . are skipped, as Spark does)."""
+    import pyarrow.dataset as ds
+
+    fs, root = filesystem_for(location)
+    return list(ds.dataset(root, filesystem=fs, format="parquet").get_fragments())
+
+
+def read_split(location: str, columns: Sequence[str] = (*TRAIN_COLUMNS, *EVAL_EXTRA),
+               rank: int = 0, world: int = 1) -> dict[str, np.ndarray]:
+    """Every row of a split (or of this rank's share of its row groups), as numpy arrays.
+
+    Row groups are dealt to ranks round-robin in a fixed order, so each row is read by
+    exactly one rank (evaluation must see every row exactly once, unlike training).
+    Array columns become 2-D arrays.
+    """
+    tables = []
+    index = 0
+    for fragment in sorted(_fragments(location), key=lambda f: f.path):
+        for group in range(fragment.metadata.num_row_groups):
+            if index % world == rank:
+                tables.append(fragment.subset(row_group_ids=[group]).to_table(columns=list(columns)))
+            index += 1
+    return _to_numpy(tables, columns)
+
+
+def _to_numpy(tables: list, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    import pyarrow as pa
+
+    if not tables:
+        return {c: np.empty(0) for c in columns}
+    table = pa.concat_tables(tables)
+    out = {}
+    for name in columns:
+        column = table.column(name).combine_chunks()
+        if isinstance(column.type, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
+            width = len(column[0]) if len(column) else 0
+            out[name] = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width)
+        else:
+            out[name] = column.to_numpy(zero_copy_only=False)
+    return out
+
+
+def parquet_rows(location: str) -> int:
+    """Rows of a Parquet folder from the footers alone."""
+    return sum(frag.metadata.num_rows for frag in _fragments(location))
