@@ -73,7 +73,7 @@ def test_history_splits_every_rating_in_time_at_the_cut_off(movielens):
 
 
 def test_als_beats_popularity_on_recall_at_50(movielens):
-    from recpipe.als.stage import EXPERIMENT
+    from recpipe.names import ALS_EXPERIMENT as EXPERIMENT
 
     cfg, _, _, _ = movielens
     als = latest_metrics(cfg, EXPERIMENT)
@@ -94,7 +94,7 @@ def test_both_networks_rank_each_user_s_films_better_than_the_als_score_and_popu
 
 
 def test_report_tables_carry_the_run_s_figures(movielens):
-    from recpipe.als.stage import EXPERIMENT as ALS
+    from recpipe.names import ALS_EXPERIMENT as ALS
     from recpipe.names import RANKER_EXPERIMENT as RANKER
 
     cfg, _, _, output = movielens
