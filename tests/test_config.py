@@ -152,3 +152,12 @@ def test_a_sub_table_of_a_day_puts_the_day_where_its_path_says(make_config):
     assert cfg.table_path("events", day) == f"{cfg.paths.root}/lake/events/dt=2026-11-14"
     with pytest.raises(ConfigError, match="tables.als_candidates: a sub-table of one day"):
         cfg.table_path("als_candidates")
+
+
+@pytest.mark.parametrize("override", ["tables.events=/etc", "tables.events=../x", "tables.rejects=lake/../../x",
+                                      "tables.als=s3a://bucket/als", "nightly.markers=/tmp/markers",
+                                      "nightly.lock_file=../lock"])
+def test_a_table_marker_or_lock_outside_the_root_is_a_config_error_naming_the_key(make_config, override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"'{key}' must be a path relative to paths.root"):
+        make_config(override)

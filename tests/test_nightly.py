@@ -34,13 +34,20 @@ def file_state(root) -> dict:
             if p.is_file() and "mlflow" not in p.parts and not p.name.startswith("_nightly.lock")}
 
 
+def delete_artifacts(client, version: str) -> None:
+    """Remove a version's stored model files, as a lost or cleaned-up artifact store would."""
+    location = client.get_model_version_download_uri(MODEL, version)
+    shutil.rmtree(location.removeprefix("file://"))
+
+
 def aliases(client) -> dict[str, str]:
     return {alias: str(version) for alias, version in client.get_registered_model(MODEL).aliases.items()}
 
 
-def register_constant_version(cfg, date: dt.date, like_version: str) -> str:
+def register_constant_version(cfg, date: dt.date, like_version: str, zero: bool = True) -> str:
     """A version of the champion's architecture with every weight zero: one score for every
-    row (AUC 0.5), registered by a run of `date` as the challenger, as train would."""
+    row (AUC 0.5), registered by a run of `date` as the challenger, as train would. With
+    `zero` false, a copy of `like_version` under a new version number."""
     import mlflow
     import pandas as pd
     import torch
@@ -57,7 +64,7 @@ def register_constant_version(cfg, date: dt.date, like_version: str) -> str:
     model.load_state_dict(saved["model_state"])
     with torch.no_grad():
         for parameter in model.parameters():
-            parameter.zero_()
+            parameter.mul_(0.0 if zero else 1.0)
     save_weights(str(local / "zero.pt"), saved["model_config"], model.state_dict())
     with start_run(cfg, "recpipe-ranker", run_name=f"constant-{date}", tags={"date": date.isoformat()}):
         example = pd.DataFrame({"item_id": ["x"], "history": [["y"]]})
@@ -123,6 +130,14 @@ def scenario(spark, tmp_path_factory):
     seen["rollback"] = promote.rollback(cfg)
     seen["after_rollback"] = aliases(client)
     seen["trained_tags"] = client.get_model_version(MODEL, trained).tags
+    seen["rerun_after_rollback"] = nightly(config("nightly.stages=[promote]"), [D], force=True)
+    seen["after_rerun_after_rollback"] = aliases(client)
+
+    copy = register_constant_version(cfg, D, trained, zero=False)  # as good as trained, and not rolled back
+    delete_artifacts(client, aliases(client)["champion"])  # the constant version can no longer be loaded
+    seen["champion_broken"] = promote.run(spark, cfg, D)
+    seen["after_champion_broken"] = aliases(client)
+    seen["copy_tags"] = client.get_model_version(MODEL, copy).tags
 
     client.set_registered_model_alias(MODEL, "champion", trained)
     # not divisible by 2 ranks; D's features and ALS were last built with evaluation.days=2: left as they are
@@ -188,6 +203,22 @@ def test_rollback_moves_champion_back_to_previous(scenario):
     after = scenario["after_rollback"]
     assert after["champion"] == scenario["after_better"]["previous"] and "previous" not in after
     assert scenario["trained_tags"]["validation_status"] == "rolled_back"
+
+
+def test_a_nightly_rerun_after_a_rollback_does_not_promote_the_rolled_back_version(scenario):
+    assert statuses(scenario["rerun_after_rollback"]) == {"promote": "ok"}
+    assert scenario["after_rerun_after_rollback"]["champion"] == scenario["after_rollback"]["champion"]
+    assert scenario["after_rerun_after_rollback"]["challenger"] == scenario["after_first"]["champion"]
+
+
+def test_a_champion_that_cannot_be_loaded_means_no_promotion_and_the_reason_is_tagged(scenario):
+    assert scenario["champion_broken"]["decision"] == "rejected"
+    assert scenario["after_champion_broken"]["champion"] == scenario["after_rollback"]["champion"]
+    tags = scenario["copy_tags"]
+    assert tags["validation_status"] == "rejected"
+    assert "champion's scores are incomplete" in tags["validation_reason"]
+    assert "champion version could not be loaded or scored" in tags["validation_reason"]
+    assert float(tags["challenger_gauc"]) > float(tags["baseline_popularity_gauc"])  # it would have won otherwise
 
 
 def test_a_crash_in_training_leaves_champion_where_it_was_and_names_the_stage(scenario):

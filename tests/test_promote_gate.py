@@ -42,10 +42,24 @@ def test_without_a_champion_the_first_version_must_beat_every_baseline_on_both_m
     assert not decide(scored(0.66, 0.70), None, BASELINES, RULES).promote  # a tie is not a win
 
 
-def test_a_champion_that_cannot_score_is_replaced_only_by_a_version_beating_the_baselines():
+def test_a_champion_that_cannot_score_means_no_promotion_whatever_the_challenger():
     broken = scored(float("nan"), float("nan"), nan=100, coverage=1.0)
-    assert decide(scored(0.70, 0.70), broken, BASELINES, RULES).promote
-    assert not decide(scored(0.60, 0.60), broken, BASELINES, RULES).promote
+    for challenger in (scored(0.70, 0.70), scored(0.99, 0.99)):
+        decision = decide(challenger, broken, BASELINES, RULES)
+        assert not decision.promote and "champion's scores are incomplete" in decision.reason
+
+
+@pytest.mark.parametrize("margin", ["-.inf", ".nan", ".inf", "-0.01"])  # YAML spells infinity .inf
+@pytest.mark.parametrize("key", ["min_gauc_gain", "min_auc_gain"])
+def test_a_margin_that_is_not_finite_and_at_least_zero_is_a_config_error(make_config, key, margin):
+    from recpipe.errors import ConfigError
+    from recpipe.registry.gate import check_margins
+
+    rules = make_config(f"promote.{key}={margin}").promote  # it loads; the gate refuses it
+    with pytest.raises(ConfigError, match=f"promote.{key} must be a finite number >= 0"):
+        check_margins(rules)
+    with pytest.raises(ConfigError, match=f"promote.{key}"):  # the decision function called directly
+        decide(scored(0.51, 0.51), scored(0.90, 0.90), BASELINES, rules)
 
 
 def test_score_summary_counts_nan_rows_and_scores_the_rest():

@@ -427,7 +427,22 @@ def _build(merged: dict, sources: tuple[str, ...]) -> Config:
             kwargs[field.name] = _coerce(value, hints[field.name], f"{section}.{field.name}", origin)
         sections[section] = cls(**kwargs)
     sections["paths"] = PathsConfig(root=normalize_root(sections["paths"].root))
+    for key, relative in under_root_settings(sections, merged):
+        check_under_root(key, relative, origin=merged[key.split(".")[0]][key.split(".")[1]][1])
     return Config(**sections, sources=sources)
+
+
+def under_root_settings(sections: dict, merged: dict) -> list[tuple[str, str]]:
+    """(key, value) of every setting that names a place under paths.root."""
+    tables = [(f"tables.{f.name}", getattr(sections["tables"], f.name)) for f in dataclasses.fields(TablesConfig)]
+    return [*tables, ("nightly.markers", sections["nightly"].markers), ("nightly.lock_file", sections["nightly"].lock_file)]
+
+
+def check_under_root(key: str, relative: str, origin: str) -> None:
+    """ConfigError unless `relative` stays under the root: not absolute, no scheme, no `..`."""
+    parts = relative.replace("\\", "/").split("/")
+    if not relative or relative.startswith("/") or "://" in relative or ".." in parts:
+        raise ConfigError(f"{origin}: '{key}' must be a path relative to paths.root without '..', got {relative!r}")
 
 
 def _coerce(value: Any, expected: type, key: str, origin: str) -> Any:

@@ -2,7 +2,9 @@
 
 A challenger replaces the champion only when its scores are complete (every row scored,
 no NaN) and it beats the champion by the configured margins on gAUC and AUC. With no
-(usable) champion, it must beat every baseline on both metrics instead.
+champion yet, it must beat every baseline on both metrics instead. A champion that could
+not score every row means no promotion: the gate fails closed, since the failure may be
+the registry's or the store's and not the champion's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from recpipe.config import PromoteConfig
+from recpipe.errors import ConfigError
 from recpipe.metrics import auc, gauc
 
 METRICS = ("auc", "gauc")
@@ -55,13 +58,26 @@ def score_summary(labels: np.ndarray, users: np.ndarray, scores: np.ndarray) -> 
     return Scored(auc(y, s), gauc(y, s, u), nan_scores, coverage)
 
 
+def check_margins(rules: PromoteConfig) -> None:
+    """ConfigError unless both margins are finite and at least 0 (a negative or infinite
+    margin would promote a challenger worse than the champion)."""
+    for key in ("min_gauc_gain", "min_auc_gain"):
+        value = getattr(rules, key)
+        if not (np.isfinite(value) and value >= 0.0):
+            raise ConfigError(f"promote.{key} must be a finite number >= 0, got {value!r}")
+
+
 def decide(challenger: Scored, champion: Scored | None, baselines: Mapping[str, Scored],
            rules: PromoteConfig) -> Decision:
     """Whether `challenger` becomes the champion, and why (one line)."""
+    check_margins(rules)
     if not challenger.complete:
         return Decision(False, f"challenger scores incomplete: {challenger.nan_scores} NaN, "
                                f"coverage {challenger.coverage:.4f}")
-    if champion is not None and champion.complete:
+    if champion is not None and not champion.complete:
+        return Decision(False, f"the champion's scores are incomplete ({champion.nan_scores} NaN, coverage "
+                               f"{champion.coverage:.4f}): no promotion until it can be compared")
+    if champion is not None:
         gains = {"gauc": (challenger.gauc - champion.gauc, rules.min_gauc_gain),
                  "auc": (challenger.auc - champion.auc, rules.min_auc_gain)}
         short = [f"{m} gain {gain:+.4f} < {need:+.4f}" for m, (gain, need) in gains.items() if not gain >= need]
@@ -74,6 +90,5 @@ def decide(challenger: Scored, champion: Scored | None, baselines: Mapping[str, 
             if not getattr(challenger, m) > getattr(base, m)]
     if lost:
         return Decision(False, "no champion to compare with, and it does not beat the baselines: " + "; ".join(lost))
-    which = "no usable champion" if champion is not None else "no champion yet"
-    return Decision(True, f"{which}; beats the baselines " + ", ".join(sorted(baselines)) +
+    return Decision(True, "no champion yet; beats the baselines " + ", ".join(sorted(baselines)) +
                     f" (gauc {challenger.gauc:.4f}, auc {challenger.auc:.4f})")

@@ -24,7 +24,7 @@ from recpipe.errors import DataError
 from recpipe.etl.samples import read_meta
 from recpipe.etl.vocabulary import read_vocabulary, vocabulary_reads
 from recpipe.names import CHALLENGER, CHAMPION, PREVIOUS, RANKER_EXPERIMENT, RANKER_MODEL
-from recpipe.registry.gate import Decision, Scored, decide, score_summary
+from recpipe.registry.gate import Decision, Scored, check_margins, decide, score_summary
 from recpipe.schema import ITEM_ID, ITEM_IDX
 from recpipe.serving.consumer import consumer_frame, id_lookup
 from recpipe.splits import EVAL_EXTRA, TRAIN_COLUMNS, read_split, split_location
@@ -34,6 +34,7 @@ from recpipe.tracking import tracking_uri
 log = logging.getLogger("recpipe.promote")
 
 PROMOTED, REJECTED, ROLLED_BACK = "promoted", "rejected", "rolled_back"
+STATUS_TAG = "validation_status"  # on each judged version: the gate's last word on it
 
 
 def client_for(cfg: Config):
@@ -82,21 +83,30 @@ def trained_version(client, date: dt.date, model: str = RANKER_MODEL) -> str:
 
 def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     """Score champion and challenger on D's held-out rows, decide, move aliases, record."""
+    check_margins(cfg.promote)
     client = client_for(cfg)
     challenger = challenger_for(client, date)
     champion = version_by_alias(client, CHAMPION)
     if champion is not None and champion.version == challenger.version:
         log.info("promote %s: version %s is already the champion", date, challenger.version)
         return {"decision": "already_champion", "champion": champion.version}
+    if challenger.tags.get(STATUS_TAG) == ROLLED_BACK:  # its tags stay: a rerun must not undo the rollback
+        log.info("promote %s: version %s was rolled back; it is not promoted again", date, challenger.version)
+        return {"decision": REJECTED, "challenger": challenger.version,
+                "champion": champion.version if champion else "none", "reason": "rolled back"}
 
     arrays, frame = gate_rows(spark, cfg, date)
     labels, users = arrays["label"], arrays["user_idx"]
-    scored = {"challenger": score_summary(labels, users, predict(challenger.version, frame))}
+    errors: dict[str, str] = {}
+    scored = {"challenger": score_summary(labels, users, predict(challenger.version, frame, errors, "challenger"))}
     if champion is not None:
-        scored["champion"] = score_summary(labels, users, predict(champion.version, frame))
+        scored["champion"] = score_summary(labels, users, predict(champion.version, frame, errors, "champion"))
     baselines = {name: score_summary(labels, users, values)
                  for name, values in baseline_scores(arrays, popularity_index(cfg.ranker, read_meta(cfg, date), date)).items()}
     decision = decide(scored["challenger"], scored.get("champion"), baselines, cfg.promote)
+    if errors:
+        decision = Decision(decision.promote, decision.reason + "; " + "; ".join(
+            f"{who} version could not be loaded or scored: {error}" for who, error in errors.items()))
 
     record(client, date, challenger, champion, scored, baselines, decision)
     if decision.promote:
@@ -129,15 +139,18 @@ def gate_rows(spark: SparkSession, cfg: Config, date: dt.date):
     return arrays, consumer_frame(arrays, names)
 
 
-def predict(version: str, frame) -> np.ndarray:
-    """Scores of a registered version, loaded as consumers load it; NaN rows if it fails."""
+def predict(version: str, frame, errors: dict[str, str], who: str) -> np.ndarray:
+    """Scores of a registered version, loaded as consumers load it. If it cannot be loaded
+    or fails to score, NaN rows (so its scores are incomplete and nothing is promoted),
+    with the error kept under `errors[who]` for the version's tags."""
     import mlflow
 
     try:
         model = mlflow.pyfunc.load_model(f"models:/{RANKER_MODEL}/{version}")
         out = model.predict(frame)
-    except Exception as err:  # a version that cannot score loses; the error is kept in the log
-        log.error("version %s could not score the gate's rows: %s", version, err)
+    except Exception as err:
+        log.error("%s version %s could not score the gate's rows: %s", who, version, err)
+        errors[who] = f"{type(err).__name__}: {err}"[:1000]
         return np.full(len(frame), np.nan)
     return np.asarray(out, dtype=np.float64).reshape(-1)
 
@@ -146,7 +159,7 @@ def record(client, date: dt.date, challenger, champion, scored: Mapping[str, Sco
            baselines: Mapping[str, Scored], decision: Decision) -> None:
     """The decision and the metrics of both models (and the baselines) as version tags."""
     tags = {
-        "validation_status": PROMOTED if decision.promote else REJECTED,
+        STATUS_TAG: PROMOTED if decision.promote else REJECTED,
         "validation_date": date.isoformat(),
         "validation_reason": decision.reason[:5000],
         "compared_with_version": champion.version if champion is not None else "none",
@@ -167,7 +180,7 @@ def rollback(cfg: Config) -> dict:
     client.set_registered_model_alias(RANKER_MODEL, CHAMPION, previous.version)
     client.delete_registered_model_alias(RANKER_MODEL, PREVIOUS)
     if champion is not None:
-        client.set_model_version_tag(RANKER_MODEL, champion.version, "validation_status", ROLLED_BACK)
+        client.set_model_version_tag(RANKER_MODEL, champion.version, STATUS_TAG, ROLLED_BACK)
     log.info("rollback: champion %s -> %s", champion.version if champion else "none", previous.version)
     return {"champion": previous.version, "rolled_back": champion.version if champion else "none"}
 
