@@ -46,6 +46,7 @@ from recpipe.als.interactions import RATING, build_interactions  # noqa: E402
 from recpipe.als.topk import top_k_block, top_k_candidates  # noqa: E402
 from recpipe.config import load_config  # noqa: E402
 from recpipe.spark import blas_implementation, get_spark  # noqa: E402
+from bench_summary import summary_line  # noqa: E402  (beside this script)
 
 
 def synthetic_interactions(n: int, seed: int = 0, chunk_users: int = 20_000) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -303,6 +304,7 @@ def main() -> None:
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+    print(summary_line(report))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "lib"))
 
 from recpipe.config import load_config  # noqa: E402
+from bench_summary import summary_line  # noqa: E402  (beside this script)
 
 USERS_PER_MILLION = 20000
 ITEMS_PER_MILLION = 5000
@@ -249,6 +250,7 @@ def main() -> None:
     print(text)
     if args.out:
         Path(args.out).write_text(text)
+    print(summary_line(report))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from recpipe.config import load_config
 from recpipe.generate import run
+from bench_summary import summary_line  # noqa: E402  (beside this script)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
           f" CTR {figures['ctr']:.3f}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(figures, indent=2) + "\n")
+    print(summary_line(figures))
     return 0
 
 

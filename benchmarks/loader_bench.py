@@ -38,6 +38,7 @@ from recpipe.ranker.toy import write_toy_split
 from recpipe.ranker.trainer import TrainJob, from_ranker_config, train
 from recpipe.serving.model import RankerModelConfig, build_model, model_inputs
 from recpipe.splits import LABEL, TRAIN_COLUMNS, _fragments
+from bench_summary import summary_line  # noqa: E402  (beside this script)
 
 BASE_CONF = Path(__file__).resolve().parent.parent / "conf" / "base.yaml"
 
@@ -162,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json_out:
         with open(args.json_out, "w") as out:
             json.dump(figures, out, indent=2)
+    print(summary_line(figures))
     return figures
 
 

@@ -30,6 +30,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from recpipe.als.topk import excluded_positions, keep_best, top_k_block
+from bench_summary import summary_line  # noqa: E402  (beside this script)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,6 +108,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
+    print(summary_line(report))
 
 
 if __name__ == "__main__":
