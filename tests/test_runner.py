@@ -203,3 +203,26 @@ def test_every_declared_stage_is_a_command_and_reads_what_it_declares(make_confi
             section, name = key.split(".", 1)
             assert name in cfg.to_dict()[section], key
     assert os.path.exists(REPO / "jobs" / "run_stage.py")
+
+
+def test_a_truncated_marker_is_reported_by_name_and_the_stage_reruns(with_toy_stage, make_config, capsys):
+    from recpipe.generate import run as generate
+
+    cfg = make_config(*TINY)
+    generate(cfg)
+    day = cfg.generate.dates[0].isoformat()
+    common = ["--conf", str(LOCAL_CONF), "--set", f"paths.root={cfg.paths.root}", *[a for s in TINY for a in ("--set", s)],
+              "--set", "nightly.stages=[toy]", "--date", day]
+    marker = Path(cfg.paths.root) / "_markers" / f"dt={day}" / "toy.json"
+    assert recpipe_main("nightly", *common) == 0
+    whole = marker.read_bytes()
+    marker.write_bytes(whole[: len(whole) // 2])  # what a crash in a non-atomic write left behind
+    capsys.readouterr()
+
+    assert recpipe_main("nightly", *common) == 0
+
+    err = capsys.readouterr().err
+    assert f"the toy marker of {day} {marker} is unreadable" in err and "treating it as absent" in err
+    assert f"toy {day}: running" in err
+    assert json.loads(marker.read_bytes())["stage"] == "toy"  # written whole again
+    assert not list(marker.parent.glob("*.tmp-*"))

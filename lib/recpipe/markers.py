@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 from typing import Any, Sequence
 
 from recpipe import paths
@@ -24,30 +23,12 @@ def marker_location(cfg: Config, date: dt.date, stage: str) -> str:
 
 
 def read_marker(cfg: Config, date: dt.date, stage: str) -> dict | None:
-    """The marker, or None when there is none or it cannot be read (a rerun replaces it)."""
-    location = marker_location(cfg, date, stage)
-    if not paths.exists(location):
-        return None
-    try:
-        return json.loads(paths.read_bytes(location))
-    except ValueError:
-        return None
+    """The marker, or None when there is none or it cannot be read (reported; a rerun replaces it)."""
+    return paths.read_json_or_none(marker_location(cfg, date, stage), f"the {stage} marker of {date}")
 
 
 def write_marker(cfg: Config, date: dt.date, stage: str, body: dict) -> None:
-    location = marker_location(cfg, date, stage)
-    data = json.dumps(body, indent=1, sort_keys=True, default=str).encode()
-    if paths.has_scheme(location) and not location.startswith("file://"):
-        paths.write_bytes(location, data)  # an object store's put is whole or nothing
-        return
-    local = location.removeprefix("file://")
-    os.makedirs(os.path.dirname(local), exist_ok=True)
-    temporary = f"{local}.{os.getpid()}.tmp"
-    with open(temporary, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, local)
+    paths.write_bytes(marker_location(cfg, date, stage), json.dumps(body, indent=1, sort_keys=True, default=str).encode())
 
 
 def remove_marker(cfg: Config, date: dt.date, stage: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from recpipe.paths import exists, join_uri, read_bytes, write_bytes
+from recpipe.paths import join_uri, read_bytes, read_json_or_none, write_bytes
 
 LATEST = "latest.json"
 
@@ -39,10 +39,10 @@ def save(folder: str, epoch: int, state: dict[str, Any]) -> str:
 
 def latest(folder: str) -> str | None:
     """The location of the newest complete checkpoint in `folder`, or None."""
-    pointer = join_uri(folder, LATEST)
-    if not exists(pointer):
+    pointer = read_json_or_none(join_uri(folder, LATEST), "the checkpoint pointer")
+    if not pointer or not isinstance(pointer.get("file"), str):
         return None
-    return join_uri(folder, json.loads(read_bytes(pointer))["file"])
+    return join_uri(folder, pointer["file"])
 
 
 def load(location: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
