@@ -287,3 +287,64 @@ def test_the_submitted_run_and_its_artifacts_went_through_the_tracking_server(cl
     # Artifacts were uploaded to the server's destination; nobody wrote a store of its own.
     assert any(p.name == "quality.json" for p in (cluster["server_home"] / "artifacts").rglob("*"))
     assert not (killed_clean["roots"]["killed"] / "mlflow").exists()
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line holds `text`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def active_apps(cluster) -> list[str]:
+    port = cluster["cfg"].cluster.master_webui_port
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/", timeout=10) as response:
+        return [app["name"] for app in json.load(response)["activeapps"]]
+
+
+def test_sigterm_to_a_submit_mode_nightly_stops_its_application_before_the_lock_is_released(cluster, tmp_path):
+    import uuid
+
+    from recpipe.config import load_config
+    from recpipe.generate import run as generate
+    from recpipe.lock import root_lock
+
+    root, app = tmp_path / "root", f"sigterm-{uuid.uuid4().hex[:8]}"
+    day_settings = ["generate.users=1500", "generate.items=400", "generate.days=1"]
+    manifest = generate(load_config(LOCAL_CONF, [f"paths.root={root}", *day_settings]))
+    day = next(iter(manifest["days"]))
+    command = [sys.executable, "-m", "recpipe.cli", "nightly", "--conf", cluster["profile"], "--date", day]
+    for setting in [*day_settings, f"paths.root={root}", f"spark.app_name={app}", "nightly.stages=[clean]",
+                    SUBMIT_CONF.replace("WARN", "INFO")]:
+        command += ["--set", setting]
+    process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    output, sent = [], False
+    deadline = time.monotonic() + 300
+    for line in process.stdout:
+        output.append(line)
+        if not sent and "Starting task" in line:  # the application is running on the executors
+            assert f"{app}-clean" in active_apps(cluster)
+            process.send_signal(signal.SIGTERM)
+            sent = True
+        if time.monotonic() > deadline:
+            break
+    returncode = process.wait(timeout=60)
+    text = "".join(output)
+    assert sent, text[-3000:]
+    assert returncode == 128 + signal.SIGTERM, text[-3000:]
+    assert "stopping the submitted application" in text
+    assert processes_mentioning(app) == [], "spark-submit or its driver outlived the nightly"
+    gone_by = time.monotonic() + 30  # the master notices a driver that went away within seconds
+    while f"{app}-clean" in active_apps(cluster) and time.monotonic() < gone_by:
+        time.sleep(1)
+    assert f"{app}-clean" not in active_apps(cluster)
+    with root_lock(load_config(cluster["profile"], [f"paths.root={root}"]), "the next nightly"):
+        pass  # taken at once: the stopped run released it

@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -71,12 +73,36 @@ def check_tracking_server(cfg: Config, timeout_s: float = 10.0) -> None:
                        "Start it (`make mlflow-server`) or set mlflow.tracking_uri / MLFLOW_TRACKING_URI")
 
 
+class Terminated(SystemExit):
+    """SIGTERM arrived: unwinds like Ctrl-C, so submitted applications are stopped and the
+    lock released on the way out; the process exits 143 (128 + SIGTERM)."""
+
+
 @contextmanager
 def running(cfg: Config, command: str) -> Iterator["Runner"]:
     """Check the tracking server, take the root's lock, and yield a runner for `cfg`."""
     check_tracking_server(cfg)
-    with root_lock(cfg, command):
+    with terminated_as_exit(), root_lock(cfg, command):
         yield Runner(cfg, command)
+
+
+@contextmanager
+def terminated_as_exit() -> Iterator[None]:
+    """Turn SIGTERM (a scheduler stopping the task) into `Terminated` while inside, so that
+    `finally` blocks run: Python's default for SIGTERM is to die on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers live in the main thread (an Airflow task runs there)
+        return
+
+    def handler(signum, frame):
+        log.warning("received SIGTERM: stopping what this run started, then releasing the lock")
+        raise Terminated(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Runner:
@@ -90,10 +116,14 @@ class Runner:
 
     @property
     def spark(self):
+        return self.spark_for(self.command.split()[0])
+
+    def spark_for(self, name: str):
+        """The session, started (as application `<spark.app_name>-<name>`) if there is none yet."""
         if self._spark is None:
             from recpipe.submit import session_for
 
-            self._spark = session_for(self.cfg, self.command.split()[0])
+            self._spark = session_for(self.cfg, name)
         return self._spark
 
     def with_config(self, cfg: Config) -> "Runner":
@@ -138,7 +168,7 @@ class Runner:
             from recpipe.submit import submit_stage
 
             return submit_stage(self.cfg, stage.name, date)
-        return stage.run(self.spark, self.cfg, date) or {}
+        return stage.run(self.spark_for(stage.name), self.cfg, date) or {}
 
 
 def require_inputs(cfg: Config, stage: Stage, date: dt.date) -> None:

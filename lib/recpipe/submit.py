@@ -38,6 +38,8 @@ JOBS = {
     "pipeline": "run_pipeline.py",
 }
 TAIL_LINES = 40  # of the application's output, quoted in the error when it fails
+STOP_GRACE_S = 15.0  # from SIGTERM to SIGKILL when a submitted application is stopped
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class SubmitError(RecpipeError):
@@ -132,23 +134,61 @@ def submit_stage(cfg: Config, stage: str, date: dt.date) -> dict:
 
 def _run_echoing(command: list[str], timeout_s: int) -> tuple[int | None, collections.deque]:
     """Run `command` in its own process group, copying its output to stderr and keeping the
-    last lines; kill the group after `timeout_s` (returncode None)."""
+    last lines; kill the group after `timeout_s` (returncode None).
+
+    The application belongs to this process: if it stops waiting for any reason (Ctrl-C,
+    the SIGTERM the runner turns into an exception, any error), the group is stopped and
+    reaped before this returns, so the lock the caller holds outlives the application. If
+    this process is killed outright, the kernel sends spark-submit SIGKILL (Linux's
+    parent-death signal)."""
     tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               errors="replace", start_new_session=True)
+                               errors="replace", start_new_session=True, preexec_fn=_die_with_parent)
     timed_out = threading.Event()
 
     def kill() -> None:
         timed_out.set()
-        os.killpg(process.pid, signal.SIGKILL)
+        _signal_group(process, signal.SIGKILL)
 
     timer = threading.Timer(timeout_s, kill)
     timer.start()
+    finished = False
     try:
         for line in process.stdout:
             sys.stderr.write(line)
             tail.append(line)
         process.wait()
+        finished = True
     finally:
         timer.cancel()
+        if not finished:
+            stop_group(process)
     return (None if timed_out.is_set() else process.returncode), tail
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM the application's process group (Spark's shutdown hooks end the application
+    on the master), SIGKILL what is left after `grace_s`, and reap spark-submit."""
+    log.warning("stopping the submitted application (process group %d)", process.pid)
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(process, signal.SIGKILL)  # the driver's Python children too, whatever spark-submit did
+    process.wait()
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux for SIGKILL when the submitting process dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
