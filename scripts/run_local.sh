@@ -28,7 +28,7 @@ PY
 # leak-free als_score.
 "$BIN/recpipe" pipeline --conf "$CONF" "$@" --start "$FIRST" --end "$BEFORE_D" --stages clean
 "$BIN/recpipe" pipeline --conf "$CONF" "$@" --start "$TRAIN_START" --end "$TRAIN_START" --stages als
-# The nightly for D: clean, features, als, train, promote, score.
+# The nightly for D: clean, quality, features, als, train, promote, score.
 "$BIN/recpipe" nightly --conf "$CONF" "$@" --date "$D"
 echo
 echo "Outputs:"

@@ -39,6 +39,7 @@ D = dt.date(2026, 11, 1)
 REQUIRED = ("event_id", "user_id", "item_id", "event_type", "ts")
 TYPES = ("impression", "click", "add_to_cart", "purchase", "rating")
 DROP = object()  # a field to leave out of a line
+EARLIEST = dt.date(1990, 1, 1)
 
 
 def event_line(**fields) -> str:
@@ -55,7 +56,7 @@ def lines_frame(spark, lines):
 
 def checked_rows(spark, lines, day=D, event_types=TYPES, tolerance=60):
     return check_rows(parse_lines(lines_frame(spark, lines)), required_fields=REQUIRED, event_types=event_types,
-                      day=day, future_tolerance_minutes=tolerance)
+                      day=day, future_tolerance_minutes=tolerance, earliest=EARLIEST)
 
 
 def no_ids(spark):
@@ -107,6 +108,66 @@ def test_malformed_json_for_anything_but_one_object(spark):
     bad = ["", "  ", "[1]", "null", good[:-1], good + "x", "<html>502</html>", "{{{}}", good.replace('"', "'")]
     got = outcomes_by_line(checked_rows(spark, [good, *bad]))
     assert got == {good: (None, None), **{line: ("malformed_json", "line") for line in bad}}
+
+
+def test_two_objects_or_trailing_text_on_one_line_are_malformed_not_their_first_object(spark):
+    good = event_line()
+    other = event_line(event_id="e2")
+    bad = [good + other, good + " " + other, good + "," + other, good + " junk}", good + "}", good + "]}",
+           good[:-1] + '}] {"x":1}', good + '{"x":"}"}']
+    # brackets and escaped quotes inside strings are text, not structure
+    tricky = [event_line(event_id="s1", device='}{"x":1}{'), event_line(event_id="s2", device='a\\"}{['),
+              event_line(event_id="s3", device="back\\slash\\"), event_line(event_id="s4", nested={"a": [1, {"b": "}"}]})]
+    got = outcomes_by_line(checked_rows(spark, [good, *bad, *tricky]))
+    assert got == {**{line: (None, None) for line in (good, *tricky)}, **{line: ("malformed_json", "line") for line in bad}}
+
+
+def test_epoch_seconds_and_instants_before_the_earliest_day_are_bad_timestamps(spark):
+    cases = {
+        event_line(event_id="s", ts=1793540712): "bad_timestamp",  # epoch seconds of 2026-11-01
+        event_line(event_id="s2", ts="1793540712"): "bad_timestamp",
+        event_line(event_id="z", ts=0): "bad_timestamp",
+        event_line(event_id="old", ts="1989-12-31T23:59:59.999Z"): "bad_timestamp",
+        event_line(event_id="old2", ts="1990-01-01T00:30:00+01:00"): "bad_timestamp",  # 1989-12-31T23:30Z
+        event_line(event_id="first", ts="1990-01-01T00:00:00Z"): None,
+        event_line(event_id="ms", ts=631152000000): None,  # 1990-01-01T00:00:00Z in milliseconds
+    }
+    got = outcomes_by_line(checked_rows(spark, list(cases)))
+    assert got == {line: ((r, "ts") if r else (None, None)) for line, r in cases.items()}
+
+
+def test_ids_that_are_not_json_strings_or_blank_to_a_reader_are_invalid_values(spark):
+    cases = {
+        event_line(event_id="n", user_id=7): "user_id",
+        event_line(event_id="f", user_id=7.5): "user_id",
+        event_line(event_id="b", item_id=True): "item_id",
+        event_line(event_id={"id": 1}): "event_id",
+        event_line(event_id="a", session_id=[1, 2]): "session_id",
+        event_line(event_id="r", request_id=False): "request_id",
+        event_line(event_id="o", user_id={}): "user_id",
+        event_line(event_id="zw", user_id="\u200b"): "user_id",  # zero-width space
+        event_line(event_id="sp", user_id="\u00a0\u3000\u2028"): "user_id",  # no-break, ideographic, line separator
+        event_line(event_id="bom", item_id="\ufeff"): "item_id",
+        event_line(event_id="nul", item_id="\u0000\t"): "item_id",
+        event_line(event_id="order", user_id=5, position=-1): "user_id",  # ids before the numeric fields
+        # strings that look like other JSON values are still strings
+        event_line(event_id="s7", user_id="7"): None,
+        event_line(event_id="st", user_id="true"): None,
+        event_line(event_id="sb", user_id="[x]", item_id="{y}"): None,
+        event_line(event_id="in", user_id="u\u200b1"): None,
+        event_line(event_id="nd", session_id=None, request_id=DROP): None,  # optional ids may be absent or null
+    }
+    got = outcomes_by_line(checked_rows(spark, list(cases)))
+    assert got == {line: (("invalid_value", f) if f else (None, None)) for line, f in cases.items()}
+
+
+def test_a_non_string_id_yields_to_reasons_earlier_in_the_order(spark):
+    cases = {
+        event_line(event_id="t", user_id=7, event_type="view"): ("unknown_event_type", "event_type"),
+        event_line(event_id="u", user_id=7, ts="yesterday"): ("bad_timestamp", "ts"),
+        event_line(event_id="v", user_id=7, item_id=DROP): ("missing_field", "item_id"),
+    }
+    assert outcomes_by_line(checked_rows(spark, list(cases))) == cases
 
 
 def test_missing_field_names_the_first_absent_null_or_blank_required_field(spark):
@@ -480,7 +541,7 @@ def test_quality_report_is_written_and_logged_to_mlflow(spark, tiny_lake):
                                         "bot_traffic": 4}.get(reason, 0) for reason in REJECT_REASONS},
         "accepted_by_type": {"impression": 1, "click": 2, "add_to_cart": 0, "purchase": 1, "rating": 0},
         "late_events": 1, "distinct_users": 2, "distinct_items": 3,
-        "new_ids": {"users": 2, "items": 4, "categories": 2}, "catalogue_items": 3,
+        "new_ids": {"users": 2, "items": 4, "categories": 2}, "catalogue_items": 3, "quarantined_files": [],
     }
     assert reports[D] == expected
     written = Path(cfg.table_path("quality", D)) / "quality.json"
@@ -749,7 +810,8 @@ def test_run_range_bot_verdict_covers_only_the_file_day(spark):
     lines.append(event_line(event_id="next", user_id="u9", ts="2026-11-02T09:00:00Z"))
     days = [D] * 4 + [D2]
     checked = check_rows(parse_lines(spark.createDataFrame(list(zip(lines, days)), f"{LINE} string, dt date")),
-                         required_fields=REQUIRED, event_types=TYPES, day=None, future_tolerance_minutes=60)
+                         required_fields=REQUIRED, event_types=TYPES, day=None, future_tolerance_minutes=60,
+                         earliest=EARLIEST)
     classified = classify_lines(checked, no_ids(spark), bot_window_minutes=10, bot_max_events_per_window=3,
                                 bot_per=(USER_ID, "dt"))
     assert {r["event_id"]: r[REJECT_REASON] for r in classified.collect()} == {
@@ -760,7 +822,7 @@ def test_run_range_future_timestamp_is_judged_against_each_line_s_file_day(spark
     line = event_line(event_id="f", ts="2026-11-02T05:00:00Z")  # 5 h after the end of D, 19 h before D2's
     frame = spark.createDataFrame([(line, D), (line, D2)], f"{LINE} string, dt date")
     checked = check_rows(parse_lines(frame), required_fields=REQUIRED, event_types=TYPES, day=None,
-                         future_tolerance_minutes=60)
+                         future_tolerance_minutes=60, earliest=EARLIEST)
     assert sorted((r["dt"], r[REJECT_REASON]) for r in checked.collect()) == [(D, "future_timestamp"), (D2, None)]
 
 
@@ -770,3 +832,57 @@ def test_run_range_without_raw_days_names_the_range(spark, tmp_path):
     write_raw_day(cfg, D, [DAY1["a"]])
     with pytest.raises(DataError, match="no raw events from 2026-12-01 to 2026-12-02"):
         clean.run_range(spark, cfg, dt.date(2026, 12, 1), dt.date(2026, 12, 2))
+
+
+# --- dictionary invariants ---------------------------------------------------------------------
+
+D3 = D2 + dt.timedelta(days=1)
+
+
+def replace_snapshot(cfg, table: str, day: dt.date, rows) -> None:
+    """Overwrite one snapshot with `rows` (id, index, first_seen), as a bad restore would."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(cfg.table_path(table, day))
+    shutil.rmtree(folder)
+    folder.mkdir()
+    if rows:
+        key = {"dim_users": USER_ID, "dim_items": ITEM_ID}[table]
+        index = {"dim_users": USER_IDX, "dim_items": ITEM_IDX}[table]
+        ids, indexes, seen = zip(*rows)
+        pq.write_table(pa.table({key: pa.array(ids, pa.string()), index: pa.array(indexes, pa.int32()),
+                                 FIRST_SEEN: pa.array(seen, pa.date32())}), folder / "part-00000.parquet")
+
+
+@pytest.mark.parametrize("table, rows, message", [
+    ("dim_users", [], "dim_users dt=2026-11-02: the snapshot is empty"),
+    ("dim_users", [("u0", 3, D2), ("u1", 1, D), ("u2", 1, D)], "dim_users dt=2026-11-02: index 1 is given to 2 ids (u1, u2)"),
+    ("dim_users", [("u0", 3, D2), ("u1", 1, D), ("u1", 2, D)], "dim_users dt=2026-11-02: id 'u1' has 2 indexes (1, 2)"),
+    ("dim_users", [("u0", 4, D2), ("u1", 1, D), ("u2", 2, D)], "dim_users dt=2026-11-02: indexes are not dense from 1: "
+                                                               "3 is missing (the next is 4, id 'u0')"),
+    ("dim_users", [("u0", 3, D2), ("u9", 1, D), ("u2", 2, D)], "dim_users dt=2026-11-02: lacks id 'u1' (index 1 on "
+                                                               "dt=2026-11-01)"),
+    ("dim_users", [("u0", 3, D2), ("u1", 2, D), ("u2", 1, D)], "dim_users dt=2026-11-02: gives id 'u1' index 2 (index 1 "
+                                                               "on dt=2026-11-01)"),
+], ids=["emptied", "index-twice", "id-twice", "gap", "old-id-missing", "re-indexed"])
+def test_a_broken_newest_dictionary_stops_clean_before_it_writes_anything(spark, tiny_lake, tmp_path, table, rows,
+                                                                         message):
+    from recpipe.etl.dictionaries import DictionaryError
+
+    cfg = copy_lake(tiny_lake, tmp_path)
+    replace_snapshot(cfg, table, D2, rows)
+    write_raw_day(cfg, D3, [event_line(event_id="g", user_id="u5", ts="2026-11-03T08:00:00Z")])
+    with pytest.raises(DictionaryError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        clean.run(spark, cfg, D3)
+    assert not any(io.table_exists(cfg, name, D3) for name in ("events", "rejects", "dim_users", "dim_items", "catalogue"))
+
+
+def test_readers_downstream_check_the_dictionary_they_read(spark, tiny_lake, tmp_path):
+    from recpipe.etl.dictionaries import DictionaryError
+    from recpipe.etl.vocabulary import read_vocabulary
+
+    cfg = copy_lake(tiny_lake, tmp_path)
+    replace_snapshot(cfg, "dim_items", D2, [("i1", 1, D), ("i2", 1, D)])
+    with pytest.raises(DictionaryError, match="dim_items dt=2026-11-02: index 1 is given to 2 ids"):
+        read_vocabulary(spark, cfg, D2)

@@ -1,9 +1,13 @@
 """Fuzzing the cleaner: whatever the lines hold, it never raises and loses or invents none.
 
-Each example is a small raw file of random lines: events with random field types
-(numbers where strings belong, nested objects, arrays, nulls, unicode), truncated
-events, JSON that is not an object, free text, blank lines and exact re-sends. The
-cleaner must classify every line read exactly once and reconcile.
+Each example is one raw day file of random lines, cleaned by the whole clean stage
+(`clean.run`: file check, parse, reasons, dictionaries, every write, the report): events
+with random field types (numbers, booleans, objects and arrays where strings belong,
+nulls, unicode), epoch seconds, truncated events, two objects on one line, an object
+followed by junk, duplicate keys, JSON that is not an object, free text, blank lines,
+invalid UTF-8 bytes, NUL characters, very long lines, very deep nesting and exact
+re-sends. The written tables must hold every line read exactly once:
+`lines_read == accepted + sum(rejected)`, events ∪ rejects == the file's lines.
 """
 
 from __future__ import annotations
@@ -13,22 +17,31 @@ import gzip
 import itertools
 import json
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from recpipe.etl.quality import count_outcomes, reconcile
-from recpipe.etl.raw import parse_lines, read_raw_lines
-from recpipe.etl.rejects import check_rows, classify_lines
-from recpipe.schema import EVENT_ID, EVENT_TYPE, EVENTS_SCHEMA, LINE, REJECT_FIELD, REJECT_REASON, REJECT_REASONS, TS
+from recpipe import io
+from recpipe.config import load_config
+from recpipe.etl import clean
+from recpipe.schema import (
+    EVENT_ID,
+    EVENT_TYPE,
+    EVENTS_SCHEMA,
+    ITEM_IDX,
+    LINE,
+    REJECT_REASON,
+    REJECT_REASONS,
+    TS,
+    USER_IDX,
+)
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 D = dt.date(2026, 11, 1)
-REQUIRED = ("event_id", "user_id", "item_id", "event_type", "ts")
+LOCAL_CONF = Path(__file__).resolve().parent.parent / "conf" / "local.yaml"
 TYPES = ("impression", "click", "add_to_cart", "purchase", "rating")
-SEEN_BEFORE = ("e2",)  # accepted "on an earlier day"
 DROP = object()
 
 # Characters a line cannot hold: line breaks end it, and a byte-order mark at the start of
@@ -40,6 +53,7 @@ JSON_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | 
 TIMESTAMPS = st.sampled_from([
     "2026-11-01T10:00:00.000Z", "2026-11-01T23:59:59.999+02:00", "2026-10-31T23:00:00-05:00", "2026-11-09T00:00:00Z",
     "2026-13-45T25:00:00Z", 1793527200000, "1793527200000", 99999999999999999, "yesterday", "",
+    1793527200, "1793527200", 0, "1969-12-31T23:59:59Z",  # epoch seconds, the epoch, before the earliest day
 ])
 
 
@@ -80,46 +94,92 @@ LINES = st.one_of(
 )
 
 
+def multi_object(line: str, other: str, glue: str) -> str:
+    return f"{line}{glue}{other}"
+
+
+def duplicate_key(line: str, key: str, value) -> str:
+    """`line` (an object) with `key` given once more at its end: which copy wins is the reader's."""
+    if not line.endswith("}") or line == "{}":
+        return line
+    return f"{line[:-1]},{json.dumps(key)}:{json.dumps(value)}}}"
+
+
+HOSTILE = st.one_of(
+    st.builds(multi_object, event_lines(), event_lines(), st.sampled_from(["", " ", ",", "\t"])),
+    st.builds(lambda line, junk: f"{line} {junk}}}", event_lines(), LINE_TEXT),
+    st.builds(duplicate_key, event_lines(), st.sampled_from(["user_id", "event_id", "ts", "event_type"]),
+              JSON_VALUES),
+    st.builds(lambda line: line.replace('"', '"\u0000', 1), event_lines()),  # a raw NUL inside a string
+    st.builds(lambda depth: "[" * depth + "]" * depth, st.integers(100, 3000)),
+    st.builds(lambda depth: '{"a":' * depth + "1" + "}" * depth, st.integers(100, 3000)),
+    st.builds(lambda n: json.dumps({"event_id": "long", "user_id": "u1", "item_id": "i1", "event_type": "click",
+                                    "ts": "2026-11-01T10:00:00Z", "session_id": "s" * n}), st.integers(10_000, 200_000)),
+)
+# Bytes that are not UTF-8 (never a line break): the reader replaces them, the line stays one line.
+INVALID_UTF8 = st.binary(min_size=1, max_size=6).map(lambda b: bytes(x for x in b if x not in (10, 13)) or b"\xff") \
+    .map(lambda b: b + b"\xc3")
+
+
 @st.composite
-def batches(draw) -> list[str]:
-    """A small file's lines, some of them sent twice."""
-    lines = draw(st.lists(LINES, min_size=1, max_size=14))
-    resent = draw(st.lists(st.sampled_from(lines), max_size=3))
+def raw_file(draw) -> list[bytes]:
+    """One day file's lines as bytes, some of them sent twice."""
+    lines = [line.encode() for line in draw(st.lists(st.one_of(LINES, HOSTILE), min_size=20, max_size=120))]
+    lines += [prefix.encode() + junk for prefix, junk in draw(st.lists(st.tuples(event_lines(), INVALID_UTF8),
+                                                                       max_size=2))]
+    resent = draw(st.lists(st.sampled_from(lines), max_size=4))
     return draw(st.permutations(lines + resent))
 
 
+CATALOGUE = [{"item_id": "i1", "category": "c1", "brand": "b1", "price": 1, "title": "one"}]
+
+
 @pytest.fixture(scope="module")
-def fuzz_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("fuzz"), itertools.count()
+def fuzz_roots(tmp_path_factory):
+    base = tmp_path_factory.mktemp("fuzz")
+    return base, f"sqlite:///{base}/mlflow.db", itertools.count()
 
 
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(lines=batches())
-def test_every_line_ends_in_exactly_one_outcome(spark, fuzz_dir, lines):
-    folder, counter = fuzz_dir
-    day_dir = folder / f"example-{next(counter)}"
-    day_dir.mkdir()
-    with gzip.open(day_dir / "part-00000.json.gz", "wt", encoding="utf-8") as out:
-        out.write("".join(f"{line}\n" for line in lines))
+@settings(max_examples=12, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.large_base_example,
+                                 HealthCheck.data_too_large])
+@given(lines=raw_file())
+def test_the_whole_clean_writes_every_line_once_whatever_the_file_holds(spark, fuzz_roots, lines):
+    base, tracking, counter = fuzz_roots
+    root = base / f"example-{next(counter)}"
+    cfg = load_config(LOCAL_CONF, [f"paths.root={root}", f"mlflow.tracking_uri={tracking}",
+                                   "clean.bot_max_events_per_window=3", "clean.events_files_per_day=1"])
+    day = Path(cfg.table_path("raw_events", D))
+    day.mkdir(parents=True)
+    with gzip.open(day / "part-00000.json.gz", "wb") as out:
+        out.write(b"".join(line + b"\n" for line in lines))
+    Path(cfg.table_path("raw_items")).mkdir(parents=True)
+    with gzip.open(Path(cfg.table_path("raw_items")) / "part-00000.jsonl.gz", "wt") as out:
+        out.write("".join(json.dumps(r) + "\n" for r in CATALOGUE))
 
-    checked = check_rows(parse_lines(read_raw_lines(spark, str(day_dir))), required_fields=REQUIRED, event_types=TYPES,
-                         day=D, future_tolerance_minutes=60)
-    seen = spark.createDataFrame([(e,) for e in SEEN_BEFORE], f"{EVENT_ID} string")
-    classified = classify_lines(checked, seen, bot_window_minutes=10, bot_max_events_per_window=3).persist()
+    report = clean.run(spark, cfg, D)
+
+    events = io.read_day(spark, cfg, "events", D).collect() if io.table_exists(cfg, "events", D) else []
+    rejects = io.read_day(spark, cfg, "rejects", D).collect() if io.table_exists(cfg, "rejects", D) else []
+    assert report["lines_read"] == len(lines) == len(events) + len(rejects)
+    assert report["accepted"] == len(events)
+    assert report["rejected"] == sum(report["rejected_by_reason"].values()) == len(rejects)
+    assert set(report["rejected_by_reason"]) == set(REJECT_REASONS)
+    assert Counter(r[REJECT_REASON] for r in rejects) == +Counter(report["rejected_by_reason"])
+    # A rejected line keeps its text: every one is a line of the file (bytes that are not
+    # UTF-8 come back as U+FFFD, so those lines are only counted).
+    invented = Counter(r[LINE] for r in rejects) - Counter(line.decode() for line in lines if is_utf8(line))
+    assert all("\ufffd" in line for line in invented), invented
+    for r in events:  # what the events table requires of an accepted event
+        assert r[EVENT_TYPE] in TYPES and r[TS] is not None
+        assert all(r[f.name] is not None for f in EVENTS_SCHEMA.fields if not f.nullable)
+        assert r[USER_IDX] >= 1 and r[ITEM_IDX] >= 1
+    assert len({r[EVENT_ID] for r in events}) == len(events)  # one copy of each event at most
+
+
+def is_utf8(line: bytes) -> bool:
     try:
-        rows = classified.collect()
-        outcomes = count_outcomes(classified, day=D, event_types=TYPES)
-    finally:
-        classified.unpersist()
-
-    assert Counter(r[LINE] for r in rows) == Counter(lines)  # nothing lost, nothing invented
-    reconcile(len(lines), outcomes)
-    assert {r[REJECT_REASON] for r in rows} <= {None, *REJECT_REASONS}
-    accepted = [r for r in rows if r[REJECT_REASON] is None]
-    assert outcomes.accepted == len(accepted)
-    for r in accepted:  # what the events table requires of an accepted event
-        assert r[REJECT_FIELD] is None and r[EVENT_TYPE] in TYPES and r[TS] is not None
-        assert all(r[f.name] is not None for f in EVENTS_SCHEMA.fields if not f.nullable and f.name in r.asDict())
-    assert len({r[EVENT_ID] for r in accepted}) == len(accepted)  # one copy of each event at most
-    assert not {r[EVENT_ID] for r in accepted} & set(SEEN_BEFORE)
+        line.decode()
+        return True
+    except UnicodeDecodeError:
+        return False

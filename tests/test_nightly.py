@@ -160,7 +160,8 @@ def statuses(outcomes, date=None) -> dict[str, str]:
 
 
 def test_first_nightly_runs_every_stage_and_promotes_a_version_that_beats_the_baselines(scenario):
-    assert statuses(scenario["first"]) == {s: "ok" for s in ("clean", "features", "als", "train", "promote", "score")}
+    assert statuses(scenario["first"]) == {s: "ok" for s in ("clean", "quality", "features", "als", "train", "promote",
+                                                                   "score")}
     promote = next(o for o in scenario["first"] if o.stage == "promote")
     assert promote.note.startswith("promoted")
     assert scenario["after_first"]["champion"] == scenario["after_first"]["challenger"]

@@ -259,8 +259,11 @@ def _nightly_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _rerun_options(parser: argparse.ArgumentParser) -> None:
+    from recpipe.etl.gate import ACCEPT_OPTION
+
     parser.add_argument("--force", action="store_true", help="rerun every stage, even those already done")
     parser.add_argument("--from-stage", help="rerun from this stage on (earlier finished stages are skipped)")
+    ACCEPT_OPTION.add_to(parser)
 
 
 def _backfill_options(parser: argparse.ArgumentParser) -> None:

@@ -148,12 +148,24 @@ class CleanConfig:
     required_fields: tuple
     event_types: tuple
     future_tolerance_minutes: int
+    earliest_date: dt.date
     dedup_lookback_days: int
     bot_window_minutes: int
     bot_max_events_per_window: int
     events_files_per_day: int
     rejects_files_per_day: int
     snapshot_files_per_day: int
+
+
+@dataclass(frozen=True)
+class QualityGateConfig:
+    accept: bool
+    trailing_days: int
+    min_line_ratio: float
+    max_line_ratio: float
+    max_reject_share: dict
+    check_event_types: bool
+    max_quarantined_files: int
 
 
 @dataclass(frozen=True)
@@ -290,6 +302,7 @@ class Config:
     mlflow: MlflowConfig
     generate: GenerateConfig
     clean: CleanConfig
+    quality_gate: QualityGateConfig
     features: FeaturesConfig
     als: AlsConfig
     evaluation: EvaluationConfig

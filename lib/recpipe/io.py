@@ -97,6 +97,21 @@ def write_days(frame: DataFrame, cfg: Config, name: str, files: int, partition_b
     )
 
 
+def replace_days(frame: DataFrame, cfg: Config, name: str, days: Sequence[dt.date], files: int) -> None:
+    """Write a frame that carries its own `dt` column so that each of `days` afterwards holds
+    exactly the frame's rows of that day: days the frame has no rows for are removed (dynamic
+    overwrite alone would leave their old rows in place)."""
+    present = {row[DT] for row in frame.select(DT).distinct().collect()}  # at most len(days) rows
+    stray = sorted(set(present) - set(days))
+    if stray:
+        raise DataError(f"{name}: rows for {stray[0]}, outside the days being replaced ({min(days)}..{max(days)})")
+    if present:
+        write_days(frame, cfg, name, files)
+    for day in days:
+        if day not in present:
+            paths.delete_dir(cfg.table_path(name, day))
+
+
 def with_day(frame: DataFrame, date: dt.date) -> DataFrame:
     """Tag rows with the day they belong to, as the `dt` partition column."""
     return frame.withColumn(DT, F.lit(date))

@@ -65,6 +65,10 @@ REJECT_REASONS = (
     "bot_traffic",
 )
 
+# Raw fields that hold ids: they must be JSON strings, and not blank once Unicode
+# whitespace, format and control characters are taken away.
+RAW_ID_FIELDS = (EVENT_ID, USER_ID, ITEM_ID, SESSION_ID, REQUEST_ID)
+
 # Every raw field is read as text: a number where a string belongs (or the reverse) must
 # not make the JSON reader null the whole record, and `ts` comes both ways.
 RAW_EVENT_SCHEMA = T.StructType(

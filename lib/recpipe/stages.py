@@ -6,13 +6,14 @@ from __future__ import annotations
 
 from recpipe.als import stage as als
 from recpipe.errors import ConfigError
-from recpipe.etl import clean, features
+from recpipe.etl import clean, features, gate
 from recpipe.ranker import stage as train
 from recpipe.registry import promote, score
 from recpipe.stage import Stage
 
 STAGES: tuple[Stage, ...] = (
     clean.STAGE,
+    gate.STAGE,
     features.STAGE,
     als.STAGE,
     train.STAGE,

@@ -33,6 +33,7 @@ from recpipe.etl.dictionaries import (
     USERS,
     DictionarySpec,
     assign_new_indexes,
+    check_extends_previous,
     read_newest_snapshot,
     read_snapshot,
     require_index,
@@ -49,7 +50,8 @@ from recpipe.etl.quality import (
     write_report,
 )
 from recpipe.etl.raw import parse_lines, read_catalogue, read_raw_lines
-from recpipe.etl.rejects import accepted_lines, check_rows, classify_lines, rejected_lines
+from recpipe.etl.raw_files import check_files, list_files
+from recpipe.etl.rejects import LATEST_TEN_DIGIT_MILLIS, accepted_lines, check_rows, classify_lines, rejected_lines
 from recpipe.schema import (
     CATEGORY,
     DT,
@@ -90,7 +92,8 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
         ConfigError: `clean.required_fields` leaves out a field events cannot lack.
     """
     check_settings(cfg.clean)
-    return clean_lines(spark, cfg, read_day_lines(spark, cfg, date), first=date, last=date, by_file_day=False)
+    lines, quarantined = read_day_lines(spark, cfg, date)
+    return clean_lines(spark, cfg, lines, quarantined, first=date, last=date, by_file_day=False)
 
 
 def run_range(spark: SparkSession, cfg: Config, first: dt.date, last: dt.date) -> dict:
@@ -111,14 +114,15 @@ def run_range(spark: SparkSession, cfg: Config, first: dt.date, last: dt.date) -
     if last < first:
         raise ConfigError(f"clean: the range {first}..{last} is empty")
     check_settings(cfg.clean)
-    return clean_lines(spark, cfg, read_range_lines(spark, cfg, first, last), first=first, last=last,
-                       by_file_day=True)
+    lines, quarantined = read_range_lines(spark, cfg, first, last)
+    return clean_lines(spark, cfg, lines, quarantined, first=first, last=last, by_file_day=True)
 
 
-def clean_lines(spark: SparkSession, cfg: Config, lines: DataFrame, *, first: dt.date, last: dt.date,
-                by_file_day: bool) -> dict:
+def clean_lines(spark: SparkSession, cfg: Config, lines: DataFrame, quarantined: list[dict], *, first: dt.date,
+                last: dt.date, by_file_day: bool) -> dict:
     """Classify, reconcile and write `lines` (one day's, or with `by_file_day` several days'
-    carrying their `dt`); write and log the quality report dated `last`."""
+    carrying their `dt`); write and log the quality report dated `last`, which lists the
+    `quarantined` files."""
     checked, classified = classify(spark, cfg, lines, first=first, by_file_day=by_file_day)
     catalogue = clean_catalogue(read_raw_catalogue(spark, cfg)).persist(StorageLevel.MEMORY_AND_DISK)
     try:
@@ -127,12 +131,15 @@ def clean_lines(spark: SparkSession, cfg: Config, lines: DataFrame, *, first: dt
         reconcile(lines_read, outcomes)  # before anything is written
         checked.unpersist()
         report = write_outputs(spark, cfg, last, classified, catalogue, lines_read=lines_read, outcomes=outcomes,
-                               by_file_day=by_file_day)
+                               by_file_day=by_file_day, first=first)
     finally:
         for frame in (checked, classified, catalogue):
             frame.unpersist()
     if by_file_day:
         report["first_date"] = first.isoformat()
+    report["quarantined_files"] = quarantined
+    for bad in quarantined:
+        log.warning("clean: quarantined %s (%d bytes, %s): %s", bad["file"], bad["bytes"], bad["reason"], bad["error"])
     location = write_report(cfg, last, report)
     run_id = log_report(cfg, last, report)
     span = f"{first}..{last}" if by_file_day else f"{last}"
@@ -147,17 +154,21 @@ def raw_days(cfg: Config) -> list[dt.date]:
     return io.partition_days(cfg, "raw_events")
 
 
-def read_range_lines(spark: SparkSession, cfg: Config, first: dt.date, last: dt.date) -> DataFrame:
-    """The raw lines of the days first..last (columns `line`, `dt`); DataError if there are none."""
+def read_range_lines(spark: SparkSession, cfg: Config, first: dt.date, last: dt.date) -> tuple[DataFrame, list[dict]]:
+    """The raw lines of the days first..last (columns `line`, `dt`) from their readable files,
+    and the quarantined files; DataError if no day has a raw folder."""
     days = [day for day in raw_days(cfg) if first <= day <= last]
     if not days:
         raise DataError(f"no raw events from {first} to {last} under {cfg.table_path('raw_events')}")
-    return (
-        spark.read.text(cfg.table_path("raw_events"))  # `dt` from the folder names
-        .where(F.col(DT).between(F.lit(first), F.lit(last)))
+    files, quarantined = check_files(spark, [f for day in days for f in list_files(cfg.table_path("raw_events", day))])
+    if not files:
+        return spark.createDataFrame([], f"{LINE} string, {DT} date"), quarantined
+    lines = (
+        spark.read.option("basePath", cfg.table_path("raw_events")).text([f.location for f in files])
         .withColumnRenamed("value", LINE)
-        .select(LINE, F.col(DT).cast("date").alias(DT))
+        .select(LINE, F.col(DT).cast("date").alias(DT))  # `dt` from the folder names
     )
+    return lines, quarantined
 
 
 def classify(spark: SparkSession, cfg: Config, lines: DataFrame, *, first: dt.date,
@@ -174,6 +185,7 @@ def classify(spark: SparkSession, cfg: Config, lines: DataFrame, *, first: dt.da
         event_types=settings.event_types,
         day=None if by_file_day else first,
         future_tolerance_minutes=settings.future_tolerance_minutes,
+        earliest=settings.earliest_date,
     ).persist(StorageLevel.MEMORY_AND_DISK)
     classified = classify_lines(
         checked,
@@ -186,12 +198,14 @@ def classify(spark: SparkSession, cfg: Config, lines: DataFrame, *, first: dt.da
 
 
 def write_outputs(spark: SparkSession, cfg: Config, date: dt.date, classified: DataFrame, catalogue: DataFrame, *,
-                  lines_read: int, outcomes: Outcomes, by_file_day: bool = False) -> dict:
+                  lines_read: int, outcomes: Outcomes, by_file_day: bool = False, first: dt.date | None = None) -> dict:
     """Write D's dictionaries, events, rejects and catalogue; return the quality report.
 
-    With `by_file_day`, `classified` holds several days' files (column `dt`): events and
-    rejects go to their file's day, and D is the last of them.
+    With `by_file_day`, `classified` holds the files of the days first..D (column `dt`):
+    events and rejects go to their file's day, and every day of the range is replaced,
+    a day without rows too.
     """
+    first = first or date
     settings = cfg.clean
     day_column = (DT,) if by_file_day else ()
     accepted = accepted_lines(classified)
@@ -200,8 +214,10 @@ def write_outputs(spark: SparkSession, cfg: Config, date: dt.date, classified: D
         used={USERS: accepted.select(USER_ID), ITEMS: accepted.select(ITEM_ID)},
         listed={ITEMS: catalogue.select(ITEM_ID), CATEGORIES: catalogue.select(CATEGORY)},
     )
+    covered = [first + dt.timedelta(days=n) for n in range((date - first).days + 1)]
     if by_file_day:
-        io.write_days(rejected_lines(classified, carry=day_column), cfg, "rejects", files=settings.rejects_files_per_day)
+        io.replace_days(rejected_lines(classified, carry=day_column), cfg, "rejects", covered,
+                        files=settings.rejects_files_per_day)
     else:
         write_day(rejected_lines(classified), cfg, "rejects", date, rows=outcomes.rejected,
                   files=settings.rejects_files_per_day)
@@ -221,7 +237,7 @@ def write_outputs(spark: SparkSession, cfg: Config, date: dt.date, classified: D
     # and `classified` reads the look-back days; anything after this would recompute it.
     events = index_events(accepted, dictionaries[USERS], dictionaries[ITEMS], carry=day_column)
     if by_file_day:
-        io.write_days(events, cfg, "events", files=settings.events_files_per_day)
+        io.replace_days(events, cfg, "events", covered, files=settings.events_files_per_day)
     else:
         write_day(events, cfg, "events", date, rows=outcomes.accepted, files=settings.events_files_per_day)
     return report
@@ -237,17 +253,24 @@ def check_settings(settings: CleanConfig) -> None:
     lacking = [name for name in ALWAYS_REQUIRED if name not in settings.required_fields]
     if lacking:
         raise ConfigError(f"clean.required_fields must include {', '.join(lacking)}: events cannot lack them")
+    if settings.earliest_date <= LATEST_TEN_DIGIT_MILLIS.date():
+        raise ConfigError(f"clean.earliest_date must be after {LATEST_TEN_DIGIT_MILLIS.date()}, got "
+                          f"{settings.earliest_date}: epoch seconds read as milliseconds would pass as early 1970")
     for key in ("bot_window_minutes", "events_files_per_day", "rejects_files_per_day", "snapshot_files_per_day"):
         if getattr(settings, key) < 1:
             raise ConfigError(f"clean.{key} must be at least 1, got {getattr(settings, key)}")
 
 
-def read_day_lines(spark: SparkSession, cfg: Config, date: dt.date) -> DataFrame:
-    """Day D's raw lines (column `line`); DataError naming the folder if it is missing."""
+def read_day_lines(spark: SparkSession, cfg: Config, date: dt.date) -> tuple[DataFrame, list[dict]]:
+    """Day D's raw lines (column `line`) from its readable files, and the quarantined files;
+    DataError naming the folder if it is missing."""
     location = cfg.table_path("raw_events", date)
     if not paths.exists(location):
         raise DataError(f"no raw events for {date}: {location} does not exist")
-    return read_raw_lines(spark, location)
+    files, quarantined = check_files(spark, list_files(location))
+    if not files:
+        return spark.createDataFrame([], f"{LINE} string"), quarantined
+    return read_raw_lines(spark, *[f.location for f in files]), quarantined
 
 
 def read_raw_catalogue(spark: SparkSession, cfg: Config) -> DataFrame:
@@ -298,7 +321,7 @@ def update_dictionaries(spark: SparkSession, cfg: Config, date: dt.date, *, used
             events use ids it lacks: numbering them now would fork the dictionary, since
             the newer snapshots would not hold them. Clean the later days again in order.
     """
-    snapshots = {}
+    snapshots, rebuilt = {}, set()
     for spec in (USERS, ITEMS, CATEGORIES):
         existing, newest = read_newest_snapshot(spark, cfg, spec)
         needed = key_union(spec.key, used.get(spec))
@@ -310,10 +333,21 @@ def update_dictionaries(spark: SparkSession, cfg: Config, date: dt.date, *, used
         if missing:
             raise DataError(f"{spec.table}: {missing} new id(s) on {date}, but the newest snapshot is dt={newest}; "
                             f"clean the days after {date} again in order instead")
-        snapshots[spec] = snapshot_as_of(existing, everything, key=spec.key, day=date)
+        # Whatever the snapshot before D holds stays in D's: each snapshot extends the one before.
+        before = io.latest_day(cfg, spec.table, date - dt.timedelta(days=1))
+        kept = key_union(spec.key, everything, read_snapshot(spark, cfg, spec, before) if before else None)
+        snapshots[spec] = snapshot_as_of(existing, kept, key=spec.key, day=date)
+        rebuilt.add(spec)
+    written = {}
     for spec, frame in snapshots.items():
+        if frame.isEmpty():  # no id yet (a first day without events): there is no snapshot to write
+            written[spec] = spark.createDataFrame([], spec.schema)
+            continue
         io.write_days(io.with_day(frame, date), cfg, spec.table, files=cfg.clean.snapshot_files_per_day)
-    return {spec: read_snapshot(spark, cfg, spec, date) for spec in snapshots}
+        written[spec] = read_snapshot(spark, cfg, spec, date)  # dense and unique: checked as it is read back
+        if spec in rebuilt:  # an extension of the checked newest snapshot carries its rows as they were
+            check_extends_previous(spark, cfg, spec, written[spec], date)
+    return written
 
 
 def key_union(key: str, *frames: DataFrame | None) -> DataFrame | None:

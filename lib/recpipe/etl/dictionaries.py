@@ -19,6 +19,7 @@ from pyspark.sql import types as T
 
 from recpipe import io
 from recpipe.config import Config
+from recpipe.errors import DataError
 from recpipe.etl.rejects import BLANK
 from recpipe.schema import CAT_IDX, CATEGORY, FIRST_SEEN, ITEM_ID, ITEM_IDX, PADDING_IDX, USER_ID, USER_IDX
 
@@ -48,18 +49,92 @@ ITEMS = DictionarySpec("dim_items", ITEM_ID, ITEM_IDX)
 CATEGORIES = DictionarySpec("dim_categories", CATEGORY, CAT_IDX)
 
 
+class DictionaryError(DataError):
+    """A dictionary snapshot breaks its invariants; the message names the table, the day and
+    the first bad id. Numbering anything from it would silently re-map ids."""
+
+
 def read_newest_snapshot(spark: SparkSession, cfg: Config, spec: DictionarySpec) -> tuple[DataFrame, dt.date | None]:
-    """The newest snapshot of a dictionary (any day) and its day; empty and None if none."""
+    """The newest snapshot of a dictionary (any day) and its day; empty and None if none.
+
+    The snapshot is checked (dense, unique) and so is that it extends the one before it:
+    this is the snapshot new ids are numbered after.
+    """
     newest = io.latest_day(cfg, spec.table, NEWEST)
     if newest is None:
         return spark.createDataFrame([], spec.schema), None
-    return read_snapshot(spark, cfg, spec, newest), newest
+    snapshot = read_snapshot(spark, cfg, spec, newest)
+    check_extends_previous(spark, cfg, spec, snapshot, newest)
+    return snapshot, newest
 
 
 def read_snapshot(spark: SparkSession, cfg: Config, spec: DictionarySpec, day: dt.date) -> DataFrame:
-    """One day's snapshot of a dictionary (`key`, `index`, `first_seen`)."""
+    """One day's snapshot of a dictionary (`key`, `index`, `first_seen`), checked dense from
+    1 and unique both ways (DictionaryError otherwise)."""
     # The schema is known: giving it spares Spark a job that reads Parquet footers.
-    return spark.read.schema(spec.schema).parquet(cfg.table_path(spec.table, day))
+    snapshot = spark.read.schema(spec.schema).parquet(cfg.table_path(spec.table, day))
+    check_snapshot(snapshot, spec, day)
+    return snapshot
+
+
+def check_snapshot(snapshot: DataFrame, spec: DictionarySpec, day: dt.date) -> None:
+    """DictionaryError unless the snapshot's indexes are 1..n, one per id and one id per index.
+
+    One aggregate when the snapshot is sound; the first bad id is looked for only when not.
+    """
+    key, index = F.col(spec.key), F.col(spec.index)
+    stats = snapshot.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.countDistinct(key).alias("keys"),
+        F.countDistinct(index).alias("indexes"),
+        F.min(index).alias("low"),
+        F.max(index).alias("high"),
+        F.count(F.when(key.isNull() | index.isNull(), 1)).alias("nulls"),
+    ).first()
+    where = f"{spec.table} dt={day}"
+    if stats["rows"] == 0:
+        raise DictionaryError(f"{where}: the snapshot is empty, but a dictionary only grows; restore it (or remove "
+                              f"the folder and clean the days from {day} on again)")
+    if stats["nulls"] == 0 and stats["rows"] == stats["keys"] == stats["indexes"] == stats["high"] and stats["low"] == 1:
+        return
+    raise DictionaryError(f"{where}: {first_violation(snapshot, spec)}; every later join on {spec.index} would be "
+                          "wrong, so nothing is numbered or read from it")
+
+
+def first_violation(snapshot: DataFrame, spec: DictionarySpec) -> str:
+    """The first id (in index order) at which the snapshot stops being dense and unique."""
+    key, index = spec.key, spec.index
+    if (row := snapshot.where(F.col(key).isNull() | F.col(index).isNull()).first()) is not None:
+        return f"a row without id or index ({key}={row[key]!r}, {index}={row[index]})"
+    shared = snapshot.groupBy(index).agg(F.count(F.lit(1)).alias("n"), F.sort_array(F.collect_set(key)).alias("ids"))
+    if (row := shared.where(F.col("n") > 1).orderBy(index).first()) is not None:
+        return f"index {row[index]} is given to {row['n']} ids ({', '.join(row['ids'][:3])})"
+    twice = snapshot.groupBy(key).agg(F.count(F.lit(1)).alias("n"), F.sort_array(F.collect_set(index)).alias("at"))
+    if (row := twice.where(F.col("n") > 1).orderBy(key).first()) is not None:
+        return f"id {row[key]!r} has {row['n']} indexes ({', '.join(map(str, row['at'][:3]))})"
+    # Unique both ways, so a gap is the first index that differs from its rank.
+    in_order = snapshot.select(key, index).withColumn("_rank", F.row_number().over(Window.orderBy(index)))
+    row = in_order.where(F.col(index) != F.col("_rank")).orderBy(index).first()
+    return f"indexes are not dense from 1: {row['_rank']} is missing (the next is {row[index]}, id {row[key]!r})"
+
+
+def check_extends_previous(spark: SparkSession, cfg: Config, spec: DictionarySpec, snapshot: DataFrame,
+                           day: dt.date) -> None:
+    """DictionaryError unless `snapshot` (day `day`) holds every id of the snapshot before it
+    with the same index."""
+    previous_day = io.latest_day(cfg, spec.table, day - dt.timedelta(days=1))
+    if previous_day is None:
+        return
+    previous = spark.read.schema(spec.schema).parquet(cfg.table_path(spec.table, previous_day))
+    now = snapshot.select(spec.key, F.col(spec.index).alias("_now"))
+    lost = previous.join(now, spec.key, "left").where(F.col("_now").isNull() | (F.col("_now") != F.col(spec.index)))
+    row = lost.orderBy(spec.key).first()
+    if row is None:
+        return
+    what = (f"lacks id {row[spec.key]!r}" if row["_now"] is None else
+            f"gives id {row[spec.key]!r} index {row['_now']}")
+    raise DictionaryError(f"{spec.table} dt={day}: {what} (index {row[spec.index]} on dt={previous_day}); each "
+                          "snapshot must hold every id of the one before with the same index")
 
 
 def unseen_ids(existing: DataFrame, ids: DataFrame, *, key: str) -> DataFrame:

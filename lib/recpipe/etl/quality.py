@@ -121,6 +121,7 @@ def report_metrics(report: dict) -> dict[str, float]:
     metrics.update({f"rejected_{reason}": n for reason, n in report["rejected_by_reason"].items()})
     metrics.update({f"accepted_{event_type}": n for event_type, n in report["accepted_by_type"].items()})
     metrics.update({f"new_{kind}": n for kind, n in report["new_ids"].items()})
+    metrics["files_quarantined"] = len(report.get("quarantined_files", []))
     return {name: float(value) for name, value in metrics.items()}
 
 

@@ -2,14 +2,19 @@
 
 A line gets the first reason that applies, so every line ends with exactly one outcome:
 
-1. `malformed_json`: not exactly one JSON object (field: `line`);
-2. `missing_field`: the first of `required_fields` absent, null or blank;
+1. `malformed_json`: not exactly one JSON object (field: `line`): also two objects on one
+   line (`{…}{…}`) and an object followed by anything (`{…} junk}`);
+2. `missing_field`: the first of `required_fields` absent, null or blank (ASCII whitespace);
 3. `unknown_event_type`: `event_type` not one of `event_types`;
 4. `bad_timestamp`: `ts` neither epoch milliseconds (1 to 15 digits) nor ISO-8601 with
-   seconds and an offset (`Z` or `±HH:MM`), or no real instant (month 13, hour 25);
+   seconds and an offset (`Z` or `±HH:MM`), no real instant (month 13, hour 25), or
+   before `earliest` (UTC midnight). Epoch *seconds* are never read as such: ten digits
+   read as milliseconds fall in April 1970 at the latest, before any allowed `earliest`;
 5. `future_timestamp`: `ts` later than the end of the day (UTC) plus the tolerance;
-6. `invalid_value`: the first of position, price, rating that is present but not a
-   non-negative finite number (position: a whole number that fits an int);
+6. `invalid_value`: the first id field (`RAW_ID_FIELDS`) that is present but not a JSON
+   string, or nothing but Unicode whitespace, format (zero-width) and control characters;
+   else the first of position, price, rating that is present but not a non-negative
+   finite number (position: a whole number that fits an int);
 7. `duplicate_event`: an event id already accepted on one of the look-back days (every
    copy is rejected), or met again on the same day (the copy with the earliest `ts`,
    then the smallest line, is kept);
@@ -30,9 +35,9 @@ from typing import Sequence
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from recpipe.etl.raw import JSON_OK
-from recpipe.schema import (DT, EVENT_ID, EVENT_TYPE, LINE, POSITION, PRICE, RATING, REJECT_FIELD, REJECT_REASON, TS,
-                            USER_ID)
+from recpipe.etl.raw import JSON_OK, NON_STRING_ID
+from recpipe.schema import (DT, EVENT_ID, EVENT_TYPE, LINE, POSITION, PRICE, RATING, RAW_ID_FIELDS, REJECT_FIELD,
+                            REJECT_REASON, TS, USER_ID)
 
 MALFORMED_JSON = "malformed_json"
 MISSING_FIELD = "missing_field"
@@ -50,6 +55,12 @@ EPOCH_MILLIS = r"^[0-9]{1,15}\z"  # 16 digits would overflow microseconds
 ISO_8601_WITH_OFFSET = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2})\z"
 DECIMAL = r"^-?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?\z"
 BLANK = r"^\s*\z"
+# Blank to a reader: Unicode whitespace and separators, format characters such as the
+# zero-width space and the byte-order mark, and control characters.
+UNICODE_BLANK = r"(?U)^[\s\p{Z}\p{Cf}\p{Cc}]*\z"
+# The latest instant ten digits can name in milliseconds (epoch seconds until 2286, read as
+# ms): `earliest` must lie after it, so that epoch seconds are always bad_timestamp.
+LATEST_TEN_DIGIT_MILLIS = dt.datetime(1970, 4, 26, 17, 46, 39, 999000, tzinfo=dt.timezone.utc)
 NUMERIC_FIELDS = (POSITION, PRICE, RATING)  # checked for invalid_value, in this order
 MAX_INT = 2**31 - 1
 MAX_DOUBLE = sys.float_info.max
@@ -111,6 +122,11 @@ def first_match(cases: Sequence[tuple[Column, Column]]) -> Column:
     return chain
 
 
+def midnight_micros(day: dt.date) -> int:
+    """Epoch microseconds of the start of `day` (UTC)."""
+    return int(dt.datetime.combine(day, dt.time(), tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
+
+
 def day_end_limit_micros(day: dt.date, future_tolerance_minutes: int) -> int:
     """Epoch microseconds of the end of `day` (UTC midnight after it) plus the tolerance."""
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.timezone.utc)
@@ -127,7 +143,7 @@ def day_end_limit(day: dt.date | None, future_tolerance_minutes: int) -> Column:
 
 
 def check_rows(parsed: DataFrame, *, required_fields: Sequence[str], event_types: Sequence[str],
-               day: dt.date | None, future_tolerance_minutes: int) -> DataFrame:
+               day: dt.date | None, future_tolerance_minutes: int, earliest: dt.date) -> DataFrame:
     """Reasons 1-6, which need only the line itself, and the typed event values.
 
     Args:
@@ -137,6 +153,7 @@ def check_rows(parsed: DataFrame, *, required_fields: Sequence[str], event_types
         day: the day D whose file is being cleaned; None for several days' files, whose
             rows then carry their file's day as `dt`.
         future_tolerance_minutes: how far after the end of D (UTC) a `ts` may lie.
+        earliest: the first day (UTC) a `ts` may lie on.
 
     Returns:
         `parsed` with `ts` a UTC timestamp, `position` int, `price` and `rating` double
@@ -150,14 +167,18 @@ def check_rows(parsed: DataFrame, *, required_fields: Sequence[str], event_types
         RATING: non_negative_number(RATING),
     }
     missing = first_field(required_fields, is_blank)
-    invalid = first_field(NUMERIC_FIELDS, lambda name: F.col(name).isNotNull() & F.col(typed(name)).isNull())
+    invalid = F.coalesce(
+        F.col(NON_STRING_ID),
+        first_field(RAW_ID_FIELDS, lambda name: F.col(name).rlike(UNICODE_BLANK)),
+        first_field(NUMERIC_FIELDS, lambda name: F.col(name).isNotNull() & F.col(typed(name)).isNull()),
+    )
     latest = day_end_limit(day, future_tolerance_minutes)
     ts = F.col(typed(TS))
     rules = [
         (~F.col(JSON_OK), MALFORMED_JSON, F.lit(LINE)),
         (missing.isNotNull(), MISSING_FIELD, missing),
         (~F.coalesce(F.col(EVENT_TYPE).isin(list(event_types)), F.lit(False)), UNKNOWN_EVENT_TYPE, F.lit(EVENT_TYPE)),
-        (ts.isNull(), BAD_TIMESTAMP, F.lit(TS)),
+        (ts.isNull() | (F.unix_micros(ts) < F.lit(midnight_micros(earliest))), BAD_TIMESTAMP, F.lit(TS)),
         (F.unix_micros(ts) > latest, FUTURE_TIMESTAMP, F.lit(TS)),
         (invalid.isNotNull(), INVALID_VALUE, invalid),
     ]
@@ -168,7 +189,7 @@ def check_rows(parsed: DataFrame, *, required_fields: Sequence[str], event_types
         .select("*", *[value.alias(typed(name)) for name, value in values.items()])
         .withColumn(REJECT_REASON, reason)
         .withColumn(REJECT_FIELD, field)
-        .drop(JSON_OK, *values)
+        .drop(JSON_OK, NON_STRING_ID, *values)
         .withColumnsRenamed({typed(name): name for name in values})
     )
 

@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 from recpipe import io
 from recpipe.config import Config
 from recpipe.errors import DataError
+from recpipe.etl.dictionaries import ITEMS, read_snapshot
 from recpipe.schema import CAT_IDX, ITEM_DENSE, ITEM_ID, ITEM_IDX
 from recpipe.stage import Partition
 
@@ -22,7 +23,7 @@ def read_vocabulary(spark: SparkSession, cfg: Config, date: dt.date) -> pd.DataF
     day = io.latest_day(cfg, "dim_items", date)
     if day is None:
         raise DataError(f"train: no item dictionary on or before {date} at {cfg.table_path('dim_items')}")
-    items = io.read_day(spark, cfg, "dim_items", day).select(ITEM_ID, F.col(ITEM_IDX).cast("int"))
+    items = read_snapshot(spark, cfg, ITEMS, day).select(ITEM_ID, F.col(ITEM_IDX).cast("int"))
     catalogue_day = io.latest_day(cfg, "catalogue", date)
     if catalogue_day is not None:
         categories = io.read_day(spark, cfg, "catalogue", catalogue_day).select(ITEM_IDX, CAT_IDX)

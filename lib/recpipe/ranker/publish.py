@@ -28,6 +28,7 @@ from pyspark.sql import functions as F
 
 from recpipe import io
 from recpipe.config import Config, RankerConfig
+from recpipe.etl.dictionaries import USERS, read_snapshot
 from recpipe.names import CHALLENGER, RANKER_MODEL
 from recpipe.ranker import checkpoints
 from recpipe.schema import CAT_IDX, ITEM_DENSE, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
@@ -175,5 +176,5 @@ def _user_ids(spark: SparkSession, cfg: Config, date: dt.date, indexes: list[int
     day = io.latest_day(cfg, "dim_users", date)
     if day is None:
         return {}
-    rows = io.read_day(spark, cfg, "dim_users", day).where(F.col(USER_IDX).isin(indexes)).collect()
+    rows = read_snapshot(spark, cfg, USERS, day).where(F.col(USER_IDX).isin(indexes)).collect()
     return {int(r[USER_IDX]): r[USER_ID] for r in rows}

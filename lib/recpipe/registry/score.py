@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 from recpipe import io, paths
 from recpipe.config import Config
 from recpipe.errors import DataError
+from recpipe.etl.dictionaries import ITEMS, USERS, read_snapshot
 from recpipe.etl.vocabulary import snapshot_reads
 from recpipe.names import CHAMPION, RANKER_MODEL
 from recpipe.registry.promote import client_for, version_by_alias
@@ -129,8 +130,8 @@ def dictionary(spark: SparkSession, cfg: Config, table: str, date: dt.date) -> D
     day = io.latest_day(cfg, table, date)
     if day is None:
         raise DataError(f"score {date}: no {table} snapshot on or before {date} at {cfg.table_path(table)}")
-    key, name = (USER_IDX, USER_ID) if table == "dim_users" else (ITEM_IDX, ITEM_ID)
-    return io.read_day(spark, cfg, table, day).select(F.col(key).cast("int").alias(key), name)
+    spec = USERS if table == USERS.table else ITEMS
+    return read_snapshot(spark, cfg, spec, day).select(F.col(spec.index).cast("int").alias(spec.index), spec.key)
 
 
 def history_ids(spark: SparkSession, cfg: Config, date: dt.date, items: DataFrame, users: DataFrame) -> DataFrame:
