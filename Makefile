@@ -29,7 +29,8 @@ test: setup  ## run the test suite (real Spark, MLflow, Petastorm; no GPU)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 MOVIELENS_CONF ?= conf/movielens.yaml
-MOVIELENS ?= ../shared/datasets/ml-latest-small.zip
+# The GroupLens ml-latest-small.zip, downloaded there (or MOVIELENS=another zip or folder).
+MOVIELENS ?= var/datasets/ml-latest-small.zip
 report: setup  ## whole-history run on MovieLens (MOVIELENS=zip or folder) and docs/results.md
 	@bash scripts/report.sh $(MOVIELENS_CONF) $(MOVIELENS) docs/results.md $(SET_ARGS)
 
