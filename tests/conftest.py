@@ -94,6 +94,24 @@ def make_config(tmp_path):
     return _make
 
 
+def day_folder(cfg, name: str, day) -> str:
+    """The committed folder of one day of a table: what its readers read."""
+    from recpipe import io
+
+    found = io.location(cfg, name, day)
+    assert found is not None, f"table {name} has no committed day {day}"
+    return found
+
+
+def whole_table(spark, cfg, name: str):
+    """Every committed day of a table, with its `dt` column."""
+    from recpipe import io
+
+    days = io.partition_days(cfg, name)
+    assert days, f"table {name} has no committed day"
+    return io.read_days(spark, cfg, name, days[0], days[-1])
+
+
 def content_digest(folder) -> str:
     """A checksum of a Parquet folder's rows, independent of file names, order and count."""
     import hashlib

@@ -30,6 +30,7 @@ from recpipe.etl.raw import JSON_OK, parse_lines
 from recpipe.etl.rejects import PRECEDENCE, bot_users, check_rows, classify_lines, mark_duplicates
 from recpipe.schema import (EVENTS_SCHEMA, FIRST_SEEN, ITEM_ID, ITEM_IDX, LINE, REJECT_FIELD, REJECT_REASON,
                             REJECT_REASONS, REJECTS_SCHEMA, USER_ID, USER_IDX)
+from tests.conftest import day_folder, whole_table
 
 pytestmark = pytest.mark.spark
 
@@ -499,7 +500,7 @@ def test_run_writes_events_with_dense_indexes(spark, tiny_lake):
         ("buy", "u1", 1, "i2", 2, dt.datetime(2026, 11, 1, 10)),
         ("late", "u1", 1, "i9", 4, dt.datetime(2026, 10, 31, 23, 59)),
     ]
-    assert sorted(r["dt"] for r in spark.read.parquet(cfg.table_path("events")).select("dt").distinct().collect()) == [D, D2]
+    assert sorted(r["dt"] for r in whole_table(spark, cfg, "events").select("dt").distinct().collect()) == [D, D2]
 
 
 def test_run_writes_every_reject_with_its_original_line(spark, tiny_lake):
@@ -544,7 +545,7 @@ def test_quality_report_is_written_and_logged_to_mlflow(spark, tiny_lake):
         "new_ids": {"users": 2, "items": 4, "categories": 2}, "catalogue_items": 3, "quarantined_files": [],
     }
     assert reports[D] == expected
-    written = Path(cfg.table_path("quality", D)) / "quality.json"
+    written = Path(day_folder(cfg, "quality", D)) / "quality.json"
     assert json.loads(written.read_text()) == expected
     assert reports[D2]["new_ids"] == {"users": 1, "items": 1, "categories": 0}
 
@@ -577,7 +578,7 @@ def test_a_write_failing_mid_job_leaves_the_previous_day_intact(spark, tiny_lake
     with pytest.raises(Exception, match="injected failure"):
         clean.run(spark, cfg, D)
     assert {name: checksum(spark, cfg, name, D) for name in ("events", "rejects")} == before
-    assert spark.read.parquet(cfg.table_path("events")).count() == 6  # both days, nothing staged is visible
+    assert whole_table(spark, cfg, "events").count() == 6  # both days, nothing staged is visible
 
 
 def test_a_reconciliation_mismatch_stops_the_job_before_any_write(spark, tiny_lake, tmp_path, monkeypatch):
@@ -747,7 +748,7 @@ def test_rerunning_a_day_gives_identical_outputs_and_later_days_leave_it_alone(s
     middle = days[1]  # rerun after the day that follows it was cleaned
     report = clean.run(spark, cfg, middle)
     assert report == reports[middle]
-    assert json.loads((Path(cfg.table_path("quality", middle)) / "quality.json").read_text()) == reports[middle]
+    assert json.loads((Path(day_folder(cfg, "quality", middle)) / "quality.json").read_text()) == reports[middle]
     assert {day: {name: checksum(spark, cfg, name, day) for name in SNAPSHOT_TABLES} for day in days} == final
 
 
@@ -774,7 +775,7 @@ def test_id_dictionaries_never_reassign_an_index(spark, generated):
 # --- several days in one job (the whole-history run) ----------------------------------------------
 
 def rows_by_day(spark, cfg, name: str, columns: tuple) -> dict:
-    frame = spark.read.parquet(cfg.table_path(name))
+    frame = whole_table(spark, cfg, name)
     return {day: sorted(tuple(r[c] for c in columns) for r in frame.where(F.col("dt") == day).collect())
             for day in (D, D2)}
 
@@ -840,12 +841,15 @@ D3 = D2 + dt.timedelta(days=1)
 
 
 def replace_snapshot(cfg, table: str, day: dt.date, rows) -> None:
-    """Overwrite one snapshot with `rows` (id, index, first_seen), as a bad restore would."""
+    """Overwrite one snapshot with `rows` (id, index, first_seen), as a bad restore would
+    (None: delete its folder)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder = Path(cfg.table_path(table, day))
+    folder = Path(day_folder(cfg, table, day))
     shutil.rmtree(folder)
+    if rows is None:  # the folder deleted outright, its pointer left as it was
+        return
     folder.mkdir()
     if rows:
         key = {"dim_users": USER_ID, "dim_items": ITEM_ID}[table]
@@ -865,7 +869,8 @@ def replace_snapshot(cfg, table: str, day: dt.date, rows) -> None:
                                                                "dt=2026-11-01)"),
     ("dim_users", [("u0", 3, D2), ("u1", 2, D), ("u2", 1, D)], "dim_users dt=2026-11-02: gives id 'u1' index 2 (index 1 "
                                                                "on dt=2026-11-01)"),
-], ids=["emptied", "index-twice", "id-twice", "gap", "old-id-missing", "re-indexed"])
+    ("dim_users", None, "dim_users dt=2026-11-02: the committed snapshot"),
+], ids=["emptied", "index-twice", "id-twice", "gap", "old-id-missing", "re-indexed", "folder-deleted"])
 def test_a_broken_newest_dictionary_stops_clean_before_it_writes_anything(spark, tiny_lake, tmp_path, table, rows,
                                                                          message):
     from recpipe.etl.dictionaries import DictionaryError

@@ -31,7 +31,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import LOCAL_CONF, REPO, content_digest, free_port, mlflow_server, network_settings, ranker_settings, subprocess_env
+from tests.conftest import LOCAL_CONF, REPO, content_digest, day_folder, free_port, mlflow_server, network_settings, ranker_settings, subprocess_env
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.generate, pytest.mark.ddp, pytest.mark.timeout(1800)]
 
@@ -156,8 +156,8 @@ def test_make_run_cluster_gives_the_local_runs_tables_and_metrics(cluster, clust
     local_cfg, D = local_run
     cfg = cluster["cfg"]
     for table in ETL_TABLES:
-        assert content_digest(cfg.table_path(table, D)) == content_digest(local_cfg.table_path(table, D)), table
-    quality = [json.loads(open(os.path.join(c.table_path("quality", D), "quality.json")).read()) for c in (cfg, local_cfg)]
+        assert content_digest(day_folder(cfg, table, D)) == content_digest(day_folder(local_cfg, table, D)), table
+    quality = [json.loads(open(os.path.join(day_folder(c, "quality", D), "quality.json")).read()) for c in (cfg, local_cfg)]
     assert quality[0]["rejected_by_reason"] == quality[1]["rejected_by_reason"]
 
     cluster_uri, local_uri = tracking_uri(cfg), tracking_uri(local_cfg)

@@ -1,5 +1,5 @@
 """A driver killed in the middle of writing features: the previous output of that date stays
-readable and intact, and a rerun completes. The stage runs in its own process (its own
+readable and intact, the next run removes what it had half written, and a rerun completes. The stage runs in its own process (its own
 Spark JVM), killed with SIGKILL, process group and all, as a lost driver machine would be.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOCAL_CONF, REPO, content_digest, subprocess_env
+from tests.conftest import LOCAL_CONF, REPO, content_digest, day_folder, subprocess_env, whole_table
 
 pytestmark = [pytest.mark.spark, pytest.mark.generate, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -23,13 +23,13 @@ TINY = ["generate.users=400", "generate.items=150", "generate.categories=6", "ge
 FEATURE_TABLES = ("user_features", "item_features", "sequences", "samples")
 
 
-def staging_folders(lake: Path) -> list[Path]:
-    """Spark's and recpipe's in-progress write folders under the feature tables."""
-    return [p for table in FEATURE_TABLES if (lake / table).is_dir() for p in (lake / table).iterdir()
-            if p.name.startswith((".spark-staging", "_staging"))]
+def versions(lake: Path) -> set[Path]:
+    """The version folders of the feature tables (committed ones and any being written)."""
+    return {p for table in FEATURE_TABLES if (lake / table).is_dir() for p in (lake / table).glob("_v-*")}
 
 
 def test_a_driver_killed_mid_write_of_features_leaves_the_previous_output_intact(spark, tmp_path):
+    from recpipe import tables
     from recpipe.config import load_config
     from recpipe.etl import clean, features
     from recpipe.generate import run as generate
@@ -41,7 +41,8 @@ def test_a_driver_killed_mid_write_of_features_leaves_the_previous_output_intact
     D = cfg.generate.dates[-1]
     clean.run_range(spark, cfg, cfg.generate.dates[0], D)
     features.run(spark, cfg, D)
-    before = {t: content_digest(cfg.table_path(t, D)) for t in FEATURE_TABLES}
+    before = {t: content_digest(day_folder(cfg, t, D)) for t in FEATURE_TABLES}
+    committed = versions(root / "lake")
 
     command = [sys.executable, "-m", "recpipe.cli", "features", "--conf", str(LOCAL_CONF), "--date", D.isoformat()]
     for setting in [*settings, f"spark.local_dir={tmp_path / 'spark'}"]:
@@ -51,17 +52,19 @@ def test_a_driver_killed_mid_write_of_features_leaves_the_previous_output_intact
         driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
     deadline = time.monotonic() + 300
-    while not staging_folders(root / "lake") and driver.poll() is None and time.monotonic() < deadline:
+    while not versions(root / "lake") - committed and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    writing = staging_folders(root / "lake")
+    writing = versions(root / "lake") - committed
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and its JVM
     driver.wait(timeout=60)
     assert writing, "the driver finished (or timed out) before it wrote: " + (tmp_path / "driver.log").read_text()[-3000:]
     assert driver.returncode == -signal.SIGKILL
 
-    after_kill = {t: content_digest(cfg.table_path(t, D)) for t in FEATURE_TABLES}
+    after_kill = {t: content_digest(day_folder(cfg, t, D)) for t in FEATURE_TABLES}
     assert after_kill == before
-    assert spark.read.parquet(cfg.table_path("samples")).where(f"dt = '{D}'").count() > 0  # the table reads whole
+    assert whole_table(spark, cfg, "samples").where(f"dt = '{D}'").count() > 0  # the table reads whole
 
+    tables.recover(cfg)  # what the next run's runner does first
+    assert versions(root / "lake") == committed  # the half-written version is gone
     features.run(spark, cfg, D)
-    assert {t: content_digest(cfg.table_path(t, D)) for t in FEATURE_TABLES} == before
+    assert {t: content_digest(day_folder(cfg, t, D)) for t in FEATURE_TABLES} == before

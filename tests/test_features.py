@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import day_folder
+
 pytestmark = pytest.mark.spark
 
 UTC = dt.timezone.utc
@@ -404,7 +406,7 @@ def read_output(cfg, name: str, date: dt.date = D) -> pd.DataFrame:
     """One day of an output table, read with pyarrow (hive partitions such as split= included)."""
     import pyarrow.parquet as pq
 
-    return pq.read_table(cfg.table_path(name, date)).to_pandas()
+    return pq.read_table(day_folder(cfg, name, date)).to_pandas()
 
 
 def test_sequences_table_matches_a_recomputation_and_respects_the_cutoff(spark, lake):
@@ -463,7 +465,7 @@ def test_samples_labels_splits_and_sampling_match_the_events(spark, lake):
     negatives = (truth_train.label == 0).sum()
     assert abs((train.label == 0).sum() - 0.5 * negatives) < 5 * math.sqrt(negatives * 0.25)
 
-    meta = json.loads(Path(cfg.table_path("samples", D), "_meta.json").read_text())
+    meta = json.loads(Path(day_folder(cfg, "samples", D), "_meta.json").read_text())
     assert meta["negative_sampling_rate"] == 0.5 and meta["history_length"] == L
     assert meta["rows"] == {s: int((samples.split == s).sum()) for s in ("train", "valid", "test")}
     assert meta["rows"] == lake["summary"]["samples"]
@@ -566,8 +568,8 @@ def test_samples_have_petastorm_types_and_enough_row_groups(spark, lake):
     from petastorm.pytorch import DataLoader
 
     cfg = lake["cfg"]
-    meta = json.loads(Path(cfg.table_path("samples", D), "_meta.json").read_text())
-    train_dir = Path(cfg.table_path("samples", D), "split=train")
+    meta = json.loads(Path(day_folder(cfg, "samples", D), "_meta.json").read_text())
+    train_dir = Path(day_folder(cfg, "samples", D), "split=train")
     files = sorted(train_dir.glob("*.parquet"))
     assert len(files) == meta["files"]["train"] == 3
     assert sum(pq.ParquetFile(f).num_row_groups for f in files) >= 3    # Petastorm shards by row group
@@ -607,14 +609,14 @@ def test_rerun_is_identical_and_the_next_day_leaves_d_alone(spark, lake):
 
     cfg = lake["cfg"]
     tables = ("user_features", "item_features", "sequences", "samples")
-    first = {name: checksum(cfg.table_path(name, D)) for name in tables}
+    first = {name: checksum(day_folder(cfg, name, D)) for name in tables}
     meta = read_meta(cfg, D)
 
     summary = run(spark, cfg, D + dt.timedelta(days=1))
     assert summary["samples"]["valid"] + summary["samples"]["test"] > 0
     assert read_meta(cfg, D + dt.timedelta(days=1))["rows"] == summary["samples"]
-    assert {name: checksum(cfg.table_path(name, D)) for name in tables} == first
+    assert {name: checksum(day_folder(cfg, name, D)) for name in tables} == first
 
     assert run(spark, cfg, D) == lake["summary"]
-    assert {name: checksum(cfg.table_path(name, D)) for name in tables} == first
+    assert {name: checksum(day_folder(cfg, name, D)) for name in tables} == first
     assert read_meta(cfg, D) == meta

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import day_folder
+
 pytestmark = [pytest.mark.spark, pytest.mark.generate, pytest.mark.ddp, pytest.mark.slow, pytest.mark.timeout(3000)]
 
 DATA = [
@@ -253,7 +255,7 @@ def test_recommendations_have_top_n_per_user_no_history_items_and_the_champion_v
     assert {r[0] for r in recs.select("model_version").distinct().collect()} == {scenario["after_first"]["champion"]}
     history = io.read_day(spark, cfg, "sequences", D).select("user_idx", F.explode("hist_items").alias("item_idx"))
     assert recs.join(history, ["user_idx", "item_idx"]).count() == 0
-    users_with_candidates = io.read_path(spark, cfg.table_path('als_candidates', D)).select("user_idx").distinct()
+    users_with_candidates = io.read_path(spark, day_folder(cfg, 'als_candidates', D)).select("user_idx").distinct()
     assert per_user.count() == users_with_candidates.count()
 
 

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from recpipe import io
 from recpipe.config import load_config
 from recpipe.errors import ConfigError
 from recpipe.etl.gate import check_settings, failed_checks
@@ -144,7 +145,7 @@ def test_a_bad_day_stops_the_nightly_before_features_with_exit_2(lake, capsys, d
     err = capsys.readouterr().err
     assert f"quality gate failed for {D}: {check}" in err and "--accept-quality" in err
     assert read_marker(cfg, D, "clean") is not None and read_marker(cfg, D, "quality") is None
-    assert read_marker(cfg, D, "features") is None and not Path(cfg.table_path("samples", D)).exists()
+    assert read_marker(cfg, D, "features") is None and io.location(cfg, "samples", D) is None
     runs_after, models_after = mlflow_state(cfg)
     assert {run[3] for run in runs_after - runs_before} == {"clean"}  # only D's clean run, logged before the gate
     assert models_after == models_before

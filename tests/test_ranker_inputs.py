@@ -82,6 +82,7 @@ SAMPLES_SCHEMA = ("event_id string, user_idx int, item_idx int, cat_idx int, lab
 
 def test_ranker_input_is_written_per_split_with_scores_and_train_statistics(spark, make_config):
     from pyspark.sql import functions as F
+    from recpipe import io, tables
     from recpipe.etl import samples as S
     from recpipe.ranker.inputs import build_ranker_input, split_location
     from recpipe.splits import parquet_rows, read_split, row_groups
@@ -91,16 +92,18 @@ def test_ranker_input_is_written_per_split_with_scores_and_train_statistics(spar
     rows = (sample_rows(rng, 40, "train", [day(2), day(1)]) + sample_rows(rng, 10, "valid", [D])
             + sample_rows(rng, 12, "test", [D]))
     samples = spark.createDataFrame(rows, SAMPLES_SCHEMA).withColumn("dt", F.lit(D))
-    S.write_samples(samples, cfg, D, {"train": 40, "valid": 10, "test": 12}, min_files=3,
-                    max_records_per_file=1000, row_group_mb=1)
     meta = {"history_length": 4, "user_dense_features": ["u0", "u1"], "item_dense_features": ["i0", "i1", "i2"],
             "train_window": [day(2).isoformat(), D.isoformat()]}
-    S.write_meta(cfg, D, meta)
+    with tables.committing(cfg, "features"):  # the samples and their meta are one version, as features writes them
+        S.write_samples(samples, cfg, D, {"train": 40, "valid": 10, "test": 12}, min_files=3,
+                        max_records_per_file=1000, row_group_mb=1)
+        S.write_meta(cfg, D, meta)
     # One ALS run, on day(1): day(2)'s samples have none (0.0), day(1)'s and D's use it.
-    spark.createDataFrame([(u, [0.1 * u, 1.0]) for u in range(1, 6)], "user_idx int, features array<float>") \
-        .write.parquet(cfg.table_path("als_user_factors", day(1)))
-    spark.createDataFrame([(i, [1.0, 0.01 * i]) for i in range(1, 25)], "item_idx int, features array<float>") \
-        .write.parquet(cfg.table_path("als_item_factors", day(1)))
+    with tables.committing(cfg, "als"):
+        io.write_version(spark.createDataFrame([(u, [0.1 * u, 1.0]) for u in range(1, 6)],
+                                               "user_idx int, features array<float>"), cfg, "als_user_factors", day(1), 1)
+        io.write_version(spark.createDataFrame([(i, [1.0, 0.01 * i]) for i in range(1, 25)],
+                                               "item_idx int, features array<float>"), cfg, "als_item_factors", day(1), 1)
 
     stats = build_ranker_input(spark, cfg, D, meta, min_files=3)
 

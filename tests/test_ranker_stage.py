@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from tests.conftest import day_folder
+
 pytestmark = [pytest.mark.spark, pytest.mark.generate, pytest.mark.ddp, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 DATA = [
@@ -75,11 +77,11 @@ def test_als_candidates_have_min_k_unseen_rows_per_user(spark, chain):
     from recpipe import io
 
     cfg, D, summary = chain
-    candidates = io.read_path(spark, cfg.table_path("als_candidates", D))
+    candidates = io.read_path(spark, day_folder(cfg, "als_candidates", D))
     # 800 items and a few dozen seen per user: every user has more than K unseen, so exactly K.
     fewest, most = candidates.groupBy("user_idx").count().agg(F.min("count"), F.max("count")).first()
     assert fewest == most == cfg.als.top_k
-    users = io.read_path(spark, cfg.table_path("als_user_factors", D)).count()
+    users = io.read_path(spark, day_folder(cfg, "als_user_factors", D)).count()
     assert candidates.count() == summary["candidate_rows"] == users * cfg.als.top_k
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOCAL_CONF, REPO, content_digest, subprocess_env
+from tests.conftest import LOCAL_CONF, REPO, content_digest, day_folder, subprocess_env
 
 TINY = ["generate.users=300", "generate.items=120", "generate.categories=6", "generate.days=2",
         "generate.bot_users_per_day=0"]
@@ -56,7 +56,10 @@ def wait_for_owner(root: Path, pids: set[int], timeout_s: float = 120) -> dict:
 
 
 def dictionaries(root: Path, day: str) -> dict[str, str]:
-    return {name: content_digest(root / "lake" / "dim" / name / f"dt={day}") for name in DICTIONARIES}
+    from recpipe.config import load_config
+
+    cfg = load_config(LOCAL_CONF, [f"paths.root={root}"])
+    return {name: content_digest(day_folder(cfg, f"dim_{name}", dt.date.fromisoformat(day))) for name in DICTIONARIES}
 
 
 def spark_submit_clean(root: Path, day: str) -> subprocess.CompletedProcess:
@@ -156,7 +159,10 @@ def test_a_new_stage_is_a_command_runs_through_the_runner_and_skips_when_done(wi
     generate(cfg)
     day = cfg.generate.dates[0].isoformat()
     common = ["--conf", str(LOCAL_CONF), "--set", f"paths.root={cfg.paths.root}", *[a for s in TINY for a in ("--set", s)]]
-    output = Path(cfg.table_path("recommendations", cfg.generate.dates[0])) / "toy.json"
+
+    def output() -> Path:  # each run commits a new version of the day
+        return Path(day_folder(cfg, "recommendations", cfg.generate.dates[0])) / "toy.json"
+
     marker = Path(cfg.paths.root) / "_markers" / f"dt={day}" / "toy.json"
 
     def toy(*extra: str) -> str:
@@ -166,11 +172,11 @@ def test_a_new_stage_is_a_command_runs_through_the_runner_and_skips_when_done(wi
         printed = capsys.readouterr()
         return printed.out.splitlines()[-1] + " | " + printed.err
 
-    assert " ok" in toy() and json.loads(output.read_text())["top_n"] == cfg.score.top_n and marker.exists()
+    assert " ok" in toy() and json.loads(output().read_text())["top_n"] == cfg.score.top_n and marker.exists()
     assert "skipped" in toy()
     rerun = toy("--set", "score.top_n=7")
-    assert " ok" in rerun and "config changed: score.top_n" in rerun and json.loads(output.read_text())["top_n"] == 7
-    output.unlink()
+    assert " ok" in rerun and "config changed: score.top_n" in rerun and json.loads(output().read_text())["top_n"] == 7
+    output().unlink()
     assert "output changed: recommendations/dt=" in toy("--set", "score.top_n=7")
     assert "running (--force)" in toy("--set", "score.top_n=7", "--force")
     capsys.readouterr()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from recpipe import paths
+from recpipe import io
 from recpipe.config import Config
 from recpipe.markers import file_listing
 from recpipe.stage import Partition, Stage
@@ -24,7 +24,7 @@ def run(spark, cfg: Config, date: dt.date) -> dict:
     """Writes `score.top_n` and the names of D's raw files as one JSON file."""
     body = {"raw_files": [name for name, _ in file_listing(cfg.table_path("raw_events", date))],
             "top_n": cfg.score.top_n}
-    paths.write_bytes(paths.join_uri(cfg.table_path("recommendations", date), "toy.json"), json.dumps(body).encode())
+    io.write_file(cfg, "recommendations", date, "toy.json", json.dumps(body).encode())
     return {"rows": 1}
 
 

@@ -80,9 +80,13 @@ class Terminated(SystemExit):
 
 @contextmanager
 def running(cfg: Config, command: str) -> Iterator["Runner"]:
-    """Check the tracking server, take the root's lock, and yield a runner for `cfg`."""
+    """Check the tracking server, take the root's lock, finish or undo the table commits of
+    a run that died (`tables.recover`), and yield a runner for `cfg`."""
+    from recpipe.tables import recover
+
     check_tracking_server(cfg)
     with terminated_as_exit(), root_lock(cfg, command):
+        recover(cfg)
         yield Runner(cfg, command)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from recpipe.config import Config
 from recpipe.paths import filesystem_for
+from recpipe.tables import reader_location
 
 LABEL = "label"
 FEATURES = ("item_idx", "cat_idx", "hist_items", "hist_cats", "hist_len", "user_dense", "item_dense", "als_score")
@@ -22,8 +23,9 @@ EVAL_EXTRA = ("event_id", "user_idx")  # kept for grouping and joining the truth
 
 
 def split_location(cfg: Config, date: dt.date, split: str) -> str:
-    """The folder of one split of `ranker_input` for day D (`tables.ranker_input_<split>`)."""
-    return cfg.table_path(f"ranker_input_{split}", date)
+    """The committed folder of one split of `ranker_input` for day D (`tables.ranker_input_<split>`);
+    where it would be, when D has no such split."""
+    return reader_location(cfg, f"ranker_input_{split}", date)
 
 
 def row_groups(location: str) -> int:

@@ -14,6 +14,7 @@ import datetime as dt
 from typing import Any, Callable, Sequence
 
 from recpipe.config import Config
+from recpipe.tables import reader_location
 
 # Every stage's digest covers where its tables are.
 ALWAYS_READ = ("paths", "tables")
@@ -28,7 +29,8 @@ class Partition:
     required: bool = False  # the runner refuses to start the stage when it is missing
 
     def location(self, cfg: Config) -> str:
-        return cfg.table_path(self.table, self.day)
+        """Its committed version's folder (where it would be, when absent)."""
+        return reader_location(cfg, self.table, self.day)
 
     @property
     def label(self) -> str:

@@ -9,7 +9,7 @@ from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recpipe import io, paths
+from recpipe import io, paths, tables
 from recpipe.als.evaluate import popularity_lists, ranked_lists, relevant_items, retrieval_metrics
 from recpipe.als.interactions import RATING, build_interactions, seen_items
 from recpipe.als.topk import top_k_candidates
@@ -31,6 +31,7 @@ def event_days(cfg: Config, date: dt.date) -> tuple[dt.date, dt.date]:
     return date - dt.timedelta(days=cfg.als.train_days), date + dt.timedelta(days=cfg.evaluation.days - 1)
 
 
+@tables.one_commit
 def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     """Train ALS on the `als.train_days` before `date`, publish factors and candidates, evaluate on `date`."""
     als_cfg = cfg.als
@@ -55,7 +56,7 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
         als_cfg.user_block_size,
     )
     write_outputs(cfg, date, model, candidates)
-    candidates = io.read_path(spark, cfg.table_path("als_candidates", date))
+    candidates = io.read_path(spark, io.location(cfg, "als_candidates", date))
 
     metrics = evaluate(spark, cfg, date, events, interactions, seen, candidates)
     summary = {
@@ -89,12 +90,13 @@ def fit_als(interactions: DataFrame, als_cfg: AlsConfig, blocks: int) -> ALSMode
 
 
 def write_outputs(cfg: Config, date: dt.date, model: ALSModel, candidates: DataFrame) -> None:
-    """Publish factors and candidates of D; each replaces its previous version only when complete."""
-    io.write_replacing(model.userFactors.select(F.col("id").alias(USER_IDX), "features"),
-                       cfg.table_path("als_user_factors", date), files=2)
-    io.write_replacing(model.itemFactors.select(F.col("id").alias(ITEM_IDX), "features"),
-                       cfg.table_path("als_item_factors", date), files=1)
-    io.write_replacing(candidates, cfg.table_path("als_candidates", date), files=4)
+    """Write factors and candidates of D as one new version of `als`: readers see the new
+    three together or the old three, never new user factors beside old item factors."""
+    io.write_version(model.userFactors.select(F.col("id").alias(USER_IDX), "features"), cfg, "als_user_factors",
+                     date, files=2)
+    io.write_version(model.itemFactors.select(F.col("id").alias(ITEM_IDX), "features"), cfg, "als_item_factors",
+                     date, files=1)
+    io.write_version(candidates, cfg, "als_candidates", date, files=4)
 
 
 def evaluate(

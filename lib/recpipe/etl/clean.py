@@ -6,10 +6,9 @@
                                      └─ catalogue (indexed)
 
 Every line read ends as one accepted event or one reject; the job checks that before it
-writes anything. Writes use dynamic partition overwrite, one table at a time: each
-table's `dt=D` is either the previous output or the new one, never a mix. The
-dictionaries go first because they only grow, so events and the catalogue written after
-them always find their indexes in D's snapshot; the events go last.
+writes anything. Every table it writes (events, rejects, the dictionaries, the catalogue,
+the quality report) is a new version, and all of them are committed together when the
+run ends (`recpipe.tables`): readers see D all old or all new, never a mix.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recpipe import io, paths
+from recpipe import io, paths, tables
 from recpipe.config import CleanConfig, Config
 from recpipe.errors import ConfigError, DataError
 from recpipe.etl.catalogue import clean_catalogue, index_catalogue
@@ -75,6 +74,7 @@ log = logging.getLogger("recpipe.clean")
 ALWAYS_REQUIRED = (EVENT_ID, USER_ID, ITEM_ID, EVENT_TYPE, TS)
 
 
+@tables.one_commit
 def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     """Clean day `date`: write events, rejects, dictionaries, catalogue and the quality report.
 
@@ -96,6 +96,7 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     return clean_lines(spark, cfg, lines, quarantined, first=date, last=date, by_file_day=False)
 
 
+@tables.one_commit
 def run_range(spark: SparkSession, cfg: Config, first: dt.date, last: dt.date) -> dict:
     """Clean the raw files of the days first..last in one job: the whole-history run's clean.
 
@@ -291,7 +292,7 @@ def previous_event_ids(spark: SparkSession, cfg: Config, date: dt.date, lookback
     days = dedup_days(date, lookback_days)
     # Only those days' folders, with the one column: no discovery of the whole table's
     # partitions, no job to infer a schema that is known.
-    folders = [cfg.table_path("events", day) for day in days if io.table_exists(cfg, "events", day)]
+    folders = [found for day in days if (found := io.location(cfg, "events", day))]
     if not folders:
         return spark.createDataFrame([], schema)
     return spark.read.schema(schema).parquet(*folders)

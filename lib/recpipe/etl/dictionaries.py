@@ -17,7 +17,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recpipe import io
+from recpipe import io, paths
 from recpipe.config import Config
 from recpipe.errors import DataError
 from recpipe.etl.rejects import BLANK
@@ -72,9 +72,19 @@ def read_snapshot(spark: SparkSession, cfg: Config, spec: DictionarySpec, day: d
     """One day's snapshot of a dictionary (`key`, `index`, `first_seen`), checked dense from
     1 and unique both ways (DictionaryError otherwise)."""
     # The schema is known: giving it spares Spark a job that reads Parquet footers.
-    snapshot = spark.read.schema(spec.schema).parquet(cfg.table_path(spec.table, day))
+    snapshot = spark.read.schema(spec.schema).parquet(snapshot_location(cfg, spec, day))
     check_snapshot(snapshot, spec, day)
     return snapshot
+
+
+def snapshot_location(cfg: Config, spec: DictionarySpec, day: dt.date) -> str:
+    """The committed folder of one day's snapshot; DictionaryError when the table's pointer
+    names it but its files are gone (a manual delete, a partial restore)."""
+    location = io.location(cfg, spec.table, day)
+    if location is None or not paths.exists(location):
+        raise DictionaryError(f"{spec.table} dt={day}: the committed snapshot {location or cfg.table_path(spec.table, day)} "
+                              "is missing; restore it: numbering ids without it would renumber them")
+    return location
 
 
 def check_snapshot(snapshot: DataFrame, spec: DictionarySpec, day: dt.date) -> None:
@@ -125,7 +135,7 @@ def check_extends_previous(spark: SparkSession, cfg: Config, spec: DictionarySpe
     previous_day = io.latest_day(cfg, spec.table, day - dt.timedelta(days=1))
     if previous_day is None:
         return
-    previous = spark.read.schema(spec.schema).parquet(cfg.table_path(spec.table, previous_day))
+    previous = spark.read.schema(spec.schema).parquet(snapshot_location(cfg, spec, previous_day))
     now = snapshot.select(spec.key, F.col(spec.index).alias("_now"))
     lost = previous.join(now, spec.key, "left").where(F.col("_now").isNull() | (F.col("_now") != F.col(spec.index)))
     row = lost.orderBy(spec.key).first()

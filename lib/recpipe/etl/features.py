@@ -19,7 +19,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recpipe import io, paths
+from recpipe import io, paths, tables
 from recpipe.config import Config, FeaturesConfig
 from recpipe.errors import ConfigError, DataError
 from recpipe.etl import samples as S
@@ -134,8 +134,8 @@ def write_table(frame: DataFrame, cfg: Config, name: str, date: dt.date, files: 
     The first day of a data set has nothing before its cut-off: the day is then absent.
     """
     io.write_day(frame, cfg, name, date, files)
-    location = cfg.table_path(name, date)
-    return count_rows(location) if paths.exists(location) else 0
+    location = io.location(cfg, name, date)
+    return count_rows(location) if location else 0
 
 
 def count_rows(location: str) -> int:
@@ -202,6 +202,7 @@ def event_days(cfg: Config, date: dt.date) -> tuple[dt.date, dt.date]:
     return sampled[0] - dt.timedelta(days=max(fc.lookback_days, *fc.windows_days)), sampled[-1]
 
 
+@tables.one_commit
 def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     """Build the features, sequences and ranker samples as of `date` and write them.
 

@@ -16,7 +16,7 @@ from typing import Sequence
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from recpipe import paths
+from recpipe import io, paths, tables
 from recpipe.config import Config
 from recpipe.errors import DataError
 from recpipe.names import ETL_EXPERIMENT
@@ -126,14 +126,13 @@ def report_metrics(report: dict) -> dict[str, float]:
 
 
 def report_location(cfg: Config, day: dt.date) -> str:
-    return paths.join_uri(cfg.table_path("quality", day), REPORT_FILE)
+    """The committed report of a day (where it would be, when there is none)."""
+    return paths.join_uri(tables.reader_location(cfg, "quality", day), REPORT_FILE)
 
 
 def write_report(cfg: Config, day: dt.date, report: dict) -> str:
-    """Write the report as JSON beside the data; returns where."""
-    location = report_location(cfg, day)
-    paths.write_bytes(location, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
-    return location
+    """Write the report as JSON, committed with the day's tables; returns where."""
+    return io.write_file(cfg, "quality", day, REPORT_FILE, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
 
 
 def log_report(cfg: Config, day: dt.date, report: dict) -> str:

@@ -29,8 +29,9 @@ from typing import Mapping
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from recpipe import paths
+from recpipe import io, paths, tables
 from recpipe.config import Config
+from recpipe.errors import DataError
 from recpipe.etl.sequences import DAY_MS, EVENT_DAY, attach_histories
 from recpipe.schema import (
     CAT_IDX, DT, EVENT_ID, EVENT_TYPE, HIST_CATS, HIST_ITEMS, HIST_LEN, ITEM_DENSE, ITEM_IDX, LABEL, PADDING_IDX,
@@ -209,42 +210,49 @@ def files_for(rows: int, min_files: int, max_records_per_file: int) -> int:
 
 def write_samples(samples: DataFrame, cfg: Config, date: dt.date, rows_per_split: Mapping[str, int],
                   min_files: int, max_records_per_file: int, row_group_mb: int) -> dict[str, int]:
-    """Write each split of day D, replacing only `dt=D/split=<s>`; return files per split.
+    """Write each split of day D (`dt=D/split=<s>`) into a new version of the table; return
+    files per split.
 
     Rows are dealt round-robin into `files_for(...)` tasks, so a split gets exactly that
     many files of even size: many more Parquet row groups than training ranks even on
     small data (Petastorm shards by row group), none larger than `row_group_mb`.
-    A split with no rows has its old folder removed, so no stale rows survive a rerun.
+    A split with no rows is simply absent from the new version.
     """
-    files = {}
-    for split in SPLITS:
-        rows = rows_per_split.get(split, 0)
-        if rows == 0:
-            paths.delete_dir(paths.join_uri(cfg.table_path("samples", date), f"{SPLIT}={split}"))
-            files[split] = 0
-            continue
-        files[split] = files_for(rows, min_files, max_records_per_file)
-        (
-            samples
-            .where(F.col(SPLIT) == split)
-            .repartition(files[split])
-            .write
-            .mode("overwrite")
-            .option("maxRecordsPerFile", max_records_per_file)
-            .option("parquet.block.size", row_group_mb * 1024 * 1024)
-            .partitionBy(DT, SPLIT)
-            .parquet(cfg.table_path("samples"))
-        )
+    return write_splits(samples, cfg, "samples", date, rows_per_split, min_files=min_files,
+                        max_records_per_file=max_records_per_file, row_group_mb=row_group_mb)
+
+
+def write_splits(frame: DataFrame, cfg: Config, name: str, date: dt.date, rows_per_split: Mapping[str, int], *,
+                 min_files: int, max_records_per_file: int, row_group_mb: int) -> dict[str, int]:
+    """Write the splits of day D of table `name` (columns `dt` and `split`), each in
+    `files_for(...)` even files, as one new version; returns files per split."""
+    files = {split: files_for(rows_per_split.get(split, 0), min_files, max_records_per_file)
+             if rows_per_split.get(split, 0) else 0 for split in SPLITS}
+    with tables.committing(cfg, f"write {name}") as commit:
+        for split in (s for s in SPLITS if files[s]):
+            (
+                frame
+                .where(F.col(SPLIT) == split)
+                .repartition(files[split])
+                .write
+                .mode("overwrite")  # dynamic: replaces this split's folder only, in this new version
+                .option("maxRecordsPerFile", max_records_per_file)
+                .option("parquet.block.size", row_group_mb * 1024 * 1024)
+                .partitionBy(DT, SPLIT)
+                .parquet(commit.version_root(name))
+            )
+        commit.wrote(name, [date])
     return files
 
 
 def write_meta(cfg: Config, date: dt.date, meta: Mapping) -> str:
     """Write `_meta.json` beside the splits of day D (Spark and Petastorm skip `_` files)."""
-    location = paths.join_uri(cfg.table_path("samples", date), META_FILE)
-    paths.write_bytes(location, json.dumps(meta, indent=2, sort_keys=True).encode())
-    return location
+    return io.write_file(cfg, "samples", date, META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
 
 
 def read_meta(cfg: Config, date: dt.date) -> dict:
     """The `_meta.json` of day D's samples."""
-    return json.loads(paths.read_bytes(paths.join_uri(cfg.table_path("samples", date), META_FILE)))
+    location = io.location(cfg, "samples", date)
+    if location is None:
+        raise DataError(f"no samples for {date} at {cfg.table_path('samples', date)}; run `recpipe features` first")
+    return json.loads(paths.read_bytes(paths.join_uri(location, META_FILE)))

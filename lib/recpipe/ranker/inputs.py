@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from recpipe import io, paths
 from recpipe.config import Config
 from recpipe.errors import DataError
-from recpipe.etl.samples import SAMPLE_COLUMNS, SPLITS, TRAIN, files_for
+from recpipe.etl.samples import SAMPLE_COLUMNS, SPLITS, TRAIN, write_splits
 from recpipe.etl.sequences import DAY_MS, epoch_day
 from recpipe.schema import (
     ALS_SCORE,
@@ -67,7 +67,7 @@ class InputStats:
 def als_runs(cfg: Config, up_to: dt.date) -> list[dt.date]:
     """Days a with complete ALS factors (`als/dt=a/{user,item}_factors`), a <= up_to."""
     return [day for day in io.partition_days(cfg, "als")
-            if day <= up_to and all(paths.exists(cfg.table_path(table, day)) for table in FACTOR_TABLES)]
+            if day <= up_to and all(io.location(cfg, table, day) for table in FACTOR_TABLES)]
 
 
 def als_day_for(sample_days: Sequence[dt.date], runs: Sequence[dt.date]) -> dict[dt.date, dt.date | None]:
@@ -162,7 +162,7 @@ def vocabulary_and_als_moments(train: DataFrame) -> dict[str, float]:
 def read_factors(spark: SparkSession, cfg: Config, runs: Sequence[dt.date], table: str, key: str) -> DataFrame:
     """The factors of several ALS runs, tagged with `_als_day`."""
     frames = [
-        io.read_path(spark, cfg.table_path(table, run))
+        io.read_path(spark, io.location(cfg, table, run), f"{table} of {run}")
         .select(F.col(key).cast("int").alias(key), FACTORS)
         .withColumn(ALS_DAY, F.lit(epoch_day(run)))
         for run in runs
@@ -179,21 +179,8 @@ def write_ranker_input(frame: DataFrame, cfg: Config, date: dt.date, rows: Mappi
     """Write each split of D like the samples: even files (so row groups) per split, none
     above `features.row_group_mb`; a split without rows has its old folder removed."""
     fc = cfg.features
-    for split in SPLITS:
-        if rows.get(split, 0) == 0:
-            paths.delete_dir(split_location(cfg, date, split))
-            continue
-        (
-            frame
-            .where(F.col(SPLIT) == split)
-            .repartition(files_for(rows[split], min_files, fc.max_records_per_file))
-            .write
-            .mode("overwrite")
-            .option("maxRecordsPerFile", fc.max_records_per_file)
-            .option("parquet.block.size", fc.row_group_mb * 1024 * 1024)
-            .partitionBy(DT, SPLIT)
-            .parquet(cfg.table_path("ranker_input"))
-        )
+    write_splits(frame, cfg, "ranker_input", date, rows, min_files=min_files,
+                 max_records_per_file=fc.max_records_per_file, row_group_mb=fc.row_group_mb)
 
 
 def build_ranker_input(spark: SparkSession, cfg: Config, date: dt.date, meta: Mapping, min_files: int) -> InputStats:

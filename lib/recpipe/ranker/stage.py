@@ -19,6 +19,7 @@ import logging
 import numpy as np
 from pyspark.sql import SparkSession
 
+from recpipe import tables
 from recpipe.baselines import popularity_index
 from recpipe.config import Config
 from recpipe.errors import DataError
@@ -38,6 +39,7 @@ log = logging.getLogger("recpipe.ranker")
 
 
 
+@tables.one_commit
 def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     """Build the inputs, train both models with DDP, evaluate on the test split, register.
 

@@ -18,7 +18,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from recpipe import io, paths
+from recpipe import io, tables
 from recpipe.config import Config
 from recpipe.errors import DataError
 from recpipe.etl.dictionaries import ITEMS, USERS, read_snapshot
@@ -37,6 +37,7 @@ MODEL_INPUT = (ITEM_ID, HISTORY, USER_ID, USER_DENSE, ITEM_DENSE, ALS_SCORE)
 SCORED_SCHEMA = f"{USER_IDX} int, {ITEM_IDX} int, {USER_ID} string, {ITEM_ID} string, {SCORE} double"
 
 
+@tables.one_commit
 def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     """Score D's candidates with the champion and publish the top N per user."""
     champion = version_by_alias(client_for(cfg), CHAMPION)
@@ -49,9 +50,8 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     scored = rows.mapInPandas(score_batches(f"models:/{RANKER_MODEL}/{champion.version}", tracking_uri(cfg)),
                               SCORED_SCHEMA)
     top = top_n(scored, cfg.score.top_n).withColumn(MODEL_VERSION, F.lit(str(champion.version)))
-    location = cfg.table_path("recommendations", date)
-    io.write_replacing(top.select(USER_ID, ITEM_ID, SCORE, RANK, MODEL_VERSION, USER_IDX, ITEM_IDX), location,
-                       cfg.score.files_per_day)
+    location = io.write_version(top.select(USER_ID, ITEM_ID, SCORE, RANK, MODEL_VERSION, USER_IDX, ITEM_IDX), cfg,
+                                "recommendations", date, cfg.score.files_per_day)
     written = io.read_path(spark, location)
     summary = written.agg(F.count("*").alias("rows"), F.countDistinct(USER_IDX).alias("users")).first()
     log.info("score %s: %d recommendations for %d users from %s version %s at %s", date, summary["rows"],
@@ -102,9 +102,10 @@ def candidate_rows(spark: SparkSession, cfg: Config, date: dt.date, exclude_hist
                    user_ids: list[str] | None = None) -> DataFrame:
     """D's ALS candidates with everything the model takes, one row per (user, candidate);
     only those of `user_ids` when given (filtered before the history is assembled)."""
-    candidates_at = cfg.table_path("als_candidates", date)
-    if not paths.exists(candidates_at):
-        raise DataError(f"score {date}: no ALS candidates at {candidates_at}; run `recpipe als --date {date}`")
+    candidates_at = io.location(cfg, "als_candidates", date)
+    if candidates_at is None:
+        raise DataError(f"score {date}: no ALS candidates at {cfg.table_path('als_candidates', date)}; "
+                        f"run `recpipe als --date {date}`")
     candidates = io.read_path(spark, candidates_at).select(USER_IDX, ITEM_IDX, ALS_SCORE)
     users, items = dictionary(spark, cfg, "dim_users", date), dictionary(spark, cfg, "dim_items", date)
     if user_ids is not None:
