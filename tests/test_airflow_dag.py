@@ -9,6 +9,7 @@ Airflow is not part of the pinned stack, so it lives in a virtualenv of its own 
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -119,4 +120,8 @@ def test_the_clean_task_runs_through_the_runner_and_its_retry_is_a_skip(parsed, 
     assert "clean 2026-11-01: running (not done yet)" in first.stdout + first.stderr
     assert (root / "_markers" / "dt=2026-11-01" / "clean.json").exists()
     assert retry.returncode == 0 and "skipped (inputs unchanged)" in retry.stdout
-    assert os.path.exists(root / "lake" / "events" / "dt=2026-11-01")
+    from recpipe import io
+    from recpipe.config import load_config
+
+    committed = io.location(load_config(LOCAL_CONF, [f"paths.root={root}"]), "events", dt.date(2026, 11, 1))
+    assert committed is not None and os.path.exists(committed)

@@ -265,9 +265,13 @@ def test_a_worker_killed_mid_clean_is_survived_and_the_output_is_unchanged(kille
     assert killed_clean["killed"], "the job ended before the kill: " + text[-3000:]
     assert killed_clean["returncode"] == 0, text[-6000:]
     assert re.search(r"Lost executor|Executor lost|Removed executor|Executor \S+ removed", text), text[-3000:]
+    from recpipe.config import load_config
+
+    cfgs = {name: load_config(LOCAL_CONF, [f"paths.root={roots[name]}"]) for name in ("killed", "undisturbed")}
     for table in ("events", "rejects"):
-        assert content_digest(roots["killed"] / "lake" / table / f"dt={day}") == \
-            content_digest(roots["undisturbed"] / "lake" / table / f"dt={day}"), table
+        date = dt.date.fromisoformat(str(day))
+        assert content_digest(day_folder(cfgs["killed"], table, date)) == \
+            content_digest(day_folder(cfgs["undisturbed"], table, date)), table
 
 
 def test_the_submitted_run_and_its_artifacts_went_through_the_tracking_server(cluster, killed_clean):

@@ -109,7 +109,7 @@ def scenario(spark, tmp_path_factory):
     seen["unchanged"] = before == file_state(root)
 
     # What changed since D finished decides what runs again.
-    shutil.rmtree(root / "lake" / "recommendations" / f"dt={D}")
+    shutil.rmtree(day_folder(cfg, "recommendations", D))  # the committed files, gone
     seen["score_reason"] = why_rerun(read_marker(cfg, D, "score"), stage_state(cfg, stages.get("score"), D))
     seen["output_deleted"] = run_stages(cfg, [D], [stages.get("score")])
     seen["after_rescore"] = run_stages(cfg, [D], [stages.get("score")])
@@ -237,7 +237,7 @@ def test_a_three_day_backfill_writes_three_dates_registers_versions_and_moves_no
     for day in days:
         assert statuses(scenario["backfill"], day)["promote"] == "skipped"
         assert statuses(scenario["backfill"], day)["score"] == "ok"
-        assert (scenario["root"] / "lake" / "recommendations" / f"dt={day}").is_dir()
+        assert Path(day_folder(scenario["cfg"], "recommendations", day)).is_dir()
     assert len(scenario["backfill_versions"]) == 3
     assert scenario["after_backfill"]["champion"] == scenario["after_crash"]["champion"]
 
