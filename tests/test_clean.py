@@ -66,7 +66,9 @@ def no_ids(spark):
 
 def classify(spark, lines, seen=(), bot_max=300, bot_window=10):
     seen_frame = spark.createDataFrame([(e,) for e in seen], "event_id string") if seen else no_ids(spark)
-    return classify_lines(checked_rows(spark, lines), seen_frame, bot_window_minutes=bot_window,
+    # Persisted as the clean job persists it: over the bare per-line checks, Spark's
+    # optimizer takes some 20 s to plan the classification of even ten lines.
+    return classify_lines(checked_rows(spark, lines).persist(), seen_frame, bot_window_minutes=bot_window,
                           bot_max_events_per_window=bot_max)
 
 
@@ -813,7 +815,7 @@ def test_run_range_bot_verdict_covers_only_the_file_day(spark):
     checked = check_rows(parse_lines(spark.createDataFrame(list(zip(lines, days)), f"{LINE} string, dt date")),
                          required_fields=REQUIRED, event_types=TYPES, day=None, future_tolerance_minutes=60,
                          earliest=EARLIEST)
-    classified = classify_lines(checked, no_ids(spark), bot_window_minutes=10, bot_max_events_per_window=3,
+    classified = classify_lines(checked.persist(), no_ids(spark), bot_window_minutes=10, bot_max_events_per_window=3,
                                 bot_per=(USER_ID, "dt"))
     assert {r["event_id"]: r[REJECT_REASON] for r in classified.collect()} == {
         "x0": "bot_traffic", "x1": "bot_traffic", "x2": "bot_traffic", "x3": "bot_traffic", "next": None}

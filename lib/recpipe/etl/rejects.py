@@ -199,7 +199,8 @@ def classify_lines(checked: DataFrame, seen_event_ids: DataFrame, *, bot_window_
     """Reasons 7-8 on the lines that passed `check_rows`; every line keeps one row.
 
     Args:
-        checked: output of `check_rows`.
+        checked: output of `check_rows`, persisted (it is read several times here, and
+            Spark's optimizer takes tens of seconds on the plan that repeats it inline).
         seen_event_ids: column `event_id`, the events accepted on the look-back days.
         bot_window_minutes: tumbling window length for the per-user rate.
         bot_max_events_per_window: more events than this in one window makes a bot.
