@@ -173,10 +173,22 @@ def committed_location(cfg: Config, name: str, date: dt.date | None = None) -> s
     if date is None:
         return cfg.table_path(name) if DAY_SLOT not in getattr(cfg.tables, name) else None
     root, suffix = family(cfg, name)
-    entry = _pointers_seen_by_readers(cfg, root).get(date.isoformat())
+    entry = _entry_seen_by_readers(cfg, root, date)
     if entry is None or entry["version"] is None:
         return None
     return version_location(root, suffix, date, entry["version"])
+
+
+def _entry_seen_by_readers(cfg: Config, root: str, date: dt.date) -> dict | None:
+    """One day's pointer entry; for a table that is not versioned (raw data: thousands of
+    `dt=` folders in a history) one existence check instead of a listing."""
+    active = _ACTIVE.get(cfg.paths.root)
+    own = active.entries(root) if active is not None else {}
+    if date.isoformat() in own:
+        return own[date.isoformat()]
+    if _read_pointer_file(paths.join_uri(root, POINTER_FILE)) is None and not pending_journals(cfg):
+        return {"version": LEGACY} if paths.exists(version_location(root, "", date, LEGACY)) else None
+    return _pointers_seen_by_readers(cfg, root).get(date.isoformat())
 
 
 def reader_location(cfg: Config, name: str, date: dt.date | None = None) -> str:
