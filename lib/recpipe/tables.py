@@ -80,9 +80,9 @@ def commits_dir(cfg: Config) -> str:
 
 # --- reading pointers ------------------------------------------------------------------
 
-def read_pointers(cfg: Config, root: str) -> dict[str, dict] | None:
+def read_pointers(cfg: Config, root: str) -> dict[str, dict]:
     """Day → {"version", "previous"} of a family root, a pending journal's over the
-    table's own; None for a table that has never been committed.
+    table's own; for a table never committed, its `dt=` folders as legacy versions.
 
     Raises:
         DataError: the root holds committed versions but its pointer is gone.
@@ -94,12 +94,13 @@ def read_pointers(cfg: Config, root: str) -> dict[str, dict] | None:
     if body is not None:
         return body["days"]
     uncommitted = {name[:-len(".open.json")] for name in _listing(commits_dir(cfg)) if name.endswith(".open.json")}
-    if any(name.startswith(VERSION_PREFIX) and name[len(VERSION_PREFIX):] not in uncommitted for name in _listing(root)):
+    names = _listing(root)
+    if any(name.startswith(VERSION_PREFIX) and name[len(VERSION_PREFIX):] not in uncommitted for name in names):
         # Without its pointer a table would read as empty, and a dictionary would start
         # numbering again from 1: stop instead.
         raise DataError(f"{root} holds table versions but no readable {POINTER_FILE}; restore it from a backup "
                         f"(or remove the {VERSION_PREFIX}* folders to start the table again)")
-    return None
+    return {day.isoformat(): {"version": LEGACY, "previous": None} for day in _days_of(names)}
 
 
 _POINTER_CACHE: dict[str, tuple[tuple, dict]] = {}  # local pointer files, by location: (mtime, size), body
@@ -144,8 +145,12 @@ def _listing(folder: str) -> list[str]:
 
 def legacy_days(root: str) -> list[dt.date]:
     """The `dt=` folders straight under a root (a table that is not versioned)."""
+    return _days_of(_listing(root))
+
+
+def _days_of(names: list[str]) -> list[dt.date]:
     days = []
-    for name in _listing(root):
+    for name in names:
         if name.startswith(f"{DT}="):
             try:
                 days.append(dt.date.fromisoformat(name[len(DT) + 1:]))
@@ -216,8 +221,6 @@ def read_arrow(cfg: Config, name: str, columns: list[str] | None = None):
 
 def _pointers_seen_by_readers(cfg: Config, root: str) -> dict[str, dict]:
     pointers = read_pointers(cfg, root)
-    if pointers is None:
-        pointers = {day.isoformat(): {"version": LEGACY, "previous": None} for day in legacy_days(root)}
     active = _ACTIVE.get(cfg.paths.root)
     if active is not None:
         pointers = {**pointers, **active.entries(root)}
@@ -314,9 +317,7 @@ class Commit:
 def next_pointers(cfg: Config, root: str, entries: dict[str, dict]) -> tuple[dict, list[str]]:
     """A root's pointer after a commit of `entries`, and the folders it no longer needs:
     each changed day keeps its version as `previous`, and loses the one before."""
-    current = read_pointers(cfg, root)
-    if current is None:  # a first commit takes over the days written before versions
-        current = {day.isoformat(): {"version": LEGACY, "previous": None} for day in legacy_days(root)}
+    current = read_pointers(cfg, root)  # a first commit takes over the days written before versions
     updated, garbage = dict(current), []
     for day, entry in entries.items():
         before = current.get(day, {"version": None, "previous": None})
