@@ -138,8 +138,10 @@ class RankerModel(nn.Module):
         hist_items, hist_cats = hist_items[:, -length:], hist_cats[:, -length:]  # (B, L)
         mask = masked_positions(hist_len.long(), hist_items.shape[1])  # (B, L)
         candidate = self.embed(item_idx, cat_idx)  # (B, E)
-        history = self.embed(hist_items, hist_cats)  # (B, L, E)
-        pooled, weights = self.pooling(history, candidate, mask)  # (B, E), (B, L)
+        # Only the real history entries are embedded and pooled (N of B * L; most are padding).
+        rows, cols = mask.nonzero(as_tuple=True)  # (N,), (N,)
+        real = self.embed(hist_items[rows, cols], hist_cats[rows, cols])  # (N, E)
+        pooled, weights = self.pooling.packed(real, rows, candidate, mask)  # (B, E), (B, L)
         dense = [
             self._normalise(user_dense, self.user_mean, self.user_std),  # (B, U)
             self._normalise(item_dense, self.item_mean, self.item_std),  # (B, I)

@@ -65,14 +65,34 @@ class AttentionPooling(nn.Module):
 
     def forward(self, history: torch.Tensor, candidate: torch.Tensor,
                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        zeros = torch.zeros((), dtype=history.dtype, device=history.device)
-        history = torch.where(mask.unsqueeze(-1), history, zeros)  # (B, L, E): padding never enters the unit
-        c = candidate.unsqueeze(1).expand_as(history)  # (B, L, E)
-        feats = torch.cat([history, c, history - c, history * c], dim=-1)  # (B, L, 4E)
-        scores = self.unit(feats).squeeze(-1)  # (B, L)
+        rows, cols = mask.nonzero(as_tuple=True)  # (N,), (N,) in row-major order
+        return self.packed(history[rows, cols], rows, candidate, mask)
+
+    def packed(self, real: torch.Tensor, rows: torch.Tensor, candidate: torch.Tensor,
+               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` on the real entries only: `real` (N, E) are the history entries at
+        `mask.nonzero()` (row-major), `rows` (N,) their rows. Histories are mostly padding
+        (a few real items of L = 50 on the generated data), so the unit, the pooling and
+        the caller's embedding look-ups run on N entries instead of B * L; padding is never
+        read at all."""
+        scores = self._unit_scores(real, candidate[rows], mask)  # (B, L), 0 at padding
         weights = self._weights(scores, mask)  # (B, L), exactly 0 at padding
-        pooled = torch.einsum("bl,ble->be", weights, history)  # (B, E)
+        pooled = torch.zeros_like(candidate).index_add_(0, rows, weights[mask].unsqueeze(1) * real)  # (B, E)
         return pooled, weights
+
+    def _unit_scores(self, real: torch.Tensor, c: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The unit's MLP over [h, c, h - c, h * c] for the (N, E) real entries and their
+        candidates, scattered back to (B, L).
+
+        The first layer is linear, so W [h, c, h - c, h*c] + b is computed as
+        (W_h + W_d) h + W_p (h*c) + (W_c - W_d) c + b without building the 4E-wide input:
+        the same parameters and the same function, for less arithmetic.
+        """
+        first, rest = self.unit.net[0], self.unit.net[1:]
+        w_h, w_c, w_d, w_p = first.weight.chunk(4, dim=1)  # each (H1, E)
+        hidden = real @ (w_h + w_d).T + (real * c) @ w_p.T + c @ (w_c - w_d).T + first.bias  # (N, H1)
+        values = rest(hidden).squeeze(-1)  # (N,)
+        return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
     def _weights(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         zeros = torch.zeros((), dtype=scores.dtype, device=scores.device)
@@ -91,12 +111,18 @@ class MeanPooling(nn.Module):
     """The BaseModel's pooling: the mean of the real history items (zero when none).
 
     Shapes: history (B, L, E), candidate (B, E) (unused), mask (B, L) → pooled (B, E), weights (B, L).
+    `packed` takes the real entries only, as `AttentionPooling.packed` does.
     """
 
     def forward(self, history: torch.Tensor, candidate: torch.Tensor,
                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        counts = mask.sum(dim=1, keepdim=True).clamp_min(1).to(history.dtype)  # (B, 1)
-        zeros = torch.zeros((), dtype=history.dtype, device=history.device)
+        rows, cols = mask.nonzero(as_tuple=True)
+        return self.packed(history[rows, cols], rows, candidate, mask)
+
+    def packed(self, real: torch.Tensor, rows: torch.Tensor, candidate: torch.Tensor,
+               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = mask.sum(dim=1, keepdim=True).clamp_min(1).to(real.dtype)  # (B, 1)
+        zeros = torch.zeros((), dtype=real.dtype, device=real.device)
         weights = torch.where(mask, 1.0 / counts, zeros)  # (B, L)
-        history = torch.where(mask.unsqueeze(-1), history, zeros)  # (B, L, E)
-        return torch.einsum("bl,ble->be", weights, history), weights
+        pooled = torch.zeros_like(candidate).index_add_(0, rows, weights[mask].unsqueeze(1) * real)  # (B, E)
+        return pooled, weights
