@@ -149,3 +149,60 @@ def test_the_serving_code_is_staged_from_a_zipped_package_as_spark_submit_ships_
     assert ast.literal_eval(staged.stdout.strip().splitlines()[-1]) == expected
     for relative in expected:
         assert (tmp_path / "staged" / "ranker" / relative).read_bytes() == (serving / relative).read_bytes()
+
+
+def test_the_index_level_scorer_gives_the_consumer_scores_for_the_same_rows(scorer_files):
+    """What `recpipe score` hands the network (an Arrow batch of users, each with its ALS
+    candidates, its history as 0-padded lake indexes as in `sequences`, its features)
+    scores exactly as the same rows sent by string ids through the pyfunc's path."""
+    import pyarrow as pa
+    from recpipe.registry.score import network_arrays, top_per_user
+
+    scorer = CandidateScorer.from_files(str(scorer_files[0]), str(scorer_files[1]))
+    lake_idx = {item: int(idx) for item, idx in zip(ITEM_IDS, ITEM_IDX)}
+    never_seen, width = 999, 6  # an index no dictionary the model knows; the sequences' length
+    users = {  # user: (history of item ids, user_dense, candidates as (item id, als_score))
+        "u1": (["i1", "unknown", "i2", "i3", "i4", "i6"], [1.0, 2.0], [("i3", 0.3), ("i45", 0.1), ("i9", None)]),
+        "u2": (["i9"], [0.5, -3.0], [("never-seen-item", None)]),
+        "u3": ([], None, [("i7", -0.2), ("i2", 0.0)]),
+        "u9": (None, [0.0], [("i2", 0.0)]),  # no sequence; features of a wrong length: unknown
+    }
+    item_dense = np.full((50, 3), np.nan, np.float32)
+    item_dense[[3, 7, 9]] = [[0.5, 0.5, 0.5], [0.1, 0.2, 0.3], [1.0, -1.0, 0.0]]
+
+    def padded(history):
+        known = [lake_idx.get(item, never_seen) for item in history]
+        return [0] * (width - len(known)) + known
+
+    batch = pa.RecordBatch.from_pydict({
+        "user_idx": pa.array(range(1, len(users) + 1), pa.int32()),
+        "candidates": pa.array([[{"item_idx": lake_idx.get(i, never_seen), "als_score": a} for i, a in c]
+                                for _, _, c in users.values()],
+                               pa.list_(pa.struct([("item_idx", pa.int32()), ("als_score", pa.float32())]))),
+        "hist_items": pa.array([None if h is None else padded(h) for h, _, _ in users.values()],
+                               pa.list_(pa.int32())),
+        "user_dense": pa.array([d for _, d, _ in users.values()], pa.list_(pa.float32())),
+    })
+    arrays = network_arrays(batch, CONFIG.user_dense_dim, item_dense, CONFIG.item_dense_dim)
+    by_index = scorer.score_indexes(**arrays)
+
+    consumer = pd.DataFrame([
+        {"item_id": item, "history": history or [], "user_id": user, "user_dense": dense, "als_score": als,
+         "item_dense": [float(x) for x in item_dense[lake_idx[item]]] if item in lake_idx else None}
+        for user, (history, dense, candidates) in users.items() for item, als in candidates])
+    by_id = scorer.score(consumer)
+    assert np.isfinite(by_id).all() and len(set(np.round(by_id, 6))) > 4  # rows that differ
+    assert by_index == pytest.approx(by_id, abs=1e-6)
+
+    kept_users, kept, ranks = top_per_user(np.arange(1, 5), arrays["repeat"], arrays["item_idx"], by_index, 2)
+    assert kept_users.tolist() == [1, 1, 2, 3, 3, 4] and ranks.tolist() == [1, 2, 1, 1, 2, 1]
+    first = by_index[:3]
+    assert by_index[kept[:2]].tolist() == sorted(first, reverse=True)[:2]
+
+
+def test_top_per_user_breaks_ties_by_item_index():
+    from recpipe.registry.score import top_per_user
+
+    users, kept, ranks = top_per_user(np.array([7, 8]), np.array([3, 2]), np.array([5, 2, 9, 4, 1]),
+                                      np.array([0.5, 0.5, 0.9, 0.1, 0.1]), 2)
+    assert users.tolist() == [7, 7, 8, 8] and kept.tolist() == [2, 1, 4, 3] and ranks.tolist() == [1, 2, 1, 2]

@@ -262,6 +262,8 @@ class ScoreConfig:
     top_n: int
     exclude_history: bool
     files_per_day: int
+    batch_users: int
+    torch_threads: int
 
 
 @dataclass(frozen=True)

@@ -2,20 +2,31 @@
 
 The champion's version is resolved once on the driver and pinned, so every partition
 scores with the same model even if `champion` moves while the job runs. Each partition
-loads it from the registry as any consumer does (`mapInPandas`, one load per partition)
-and gets the rows in the consumer's format: string ids, the history as item ids as of D,
-the dense features of D and the ALS score.
+fetches that version's weights and vocabulary from the registry (one load per
+partition) and scores at the index level: `mapInArrow` hands Arrow batches of integer indexes and float features
+to the network as numpy arrays, the history comes from D's sequences (already indexes),
+and string ids are joined only to the top N kept. `CandidateScorer.score_indexes` maps
+the indexes through the model's own vocabulary exactly as its string-id path does.
+
+`candidate_rows` builds the same rows in the consumer's format (string ids) for
+`recpipe recommend`, which explains a list through the pyfunc's network.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import tempfile
+from contextlib import contextmanager
 from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession, Window
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark import Broadcast
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recpipe import io, tables
@@ -26,7 +37,7 @@ from recpipe.etl.vocabulary import snapshot_reads
 from recpipe.names import CHAMPION, RANKER_MODEL
 from recpipe.registry.promote import client_for, version_by_alias
 from recpipe.schema import HIST_ITEMS, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
-from recpipe.serving.scoring import ALS_SCORE, HISTORY, ITEM_DENSE, USER_DENSE
+from recpipe.serving.scoring import ALS_SCORE, HISTORY, ITEM_DENSE, USER_DENSE, CandidateScorer
 from recpipe.stage import Partition, Stage
 from recpipe.tracking import tracking_uri
 
@@ -34,7 +45,8 @@ log = logging.getLogger("recpipe.score")
 
 SCORE, RANK, MODEL_VERSION = "score", "rank", "model_version"
 MODEL_INPUT = (ITEM_ID, HISTORY, USER_ID, USER_DENSE, ITEM_DENSE, ALS_SCORE)
-SCORED_SCHEMA = f"{USER_IDX} int, {ITEM_IDX} int, {USER_ID} string, {ITEM_ID} string, {SCORE} double"
+CANDIDATES = "candidates"  # a user's ALS candidates in `user_rows`: item_idx and als_score
+TOP_SCHEMA = f"{USER_IDX} int, {ITEM_IDX} int, {SCORE} double, {RANK} int"
 
 
 @tables.one_commit
@@ -43,15 +55,19 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     champion = version_by_alias(client_for(cfg), CHAMPION)
     if champion is None:
         raise DataError(f"score {date}: {RANKER_MODEL} has no '{CHAMPION}' version; promote one first")
-    # One partition per core, by user: each loads the model once, and the top-N window
-    # that follows finds every user's rows in one place.
-    rows = candidate_rows(spark, cfg, date, exclude_history=cfg.score.exclude_history).repartition(
+    # One partition per core: each loads the model once.
+    users = user_rows(spark, cfg, date, exclude_history=cfg.score.exclude_history).repartition(
         spark.sparkContext.defaultParallelism, USER_IDX)
-    scored = rows.mapInPandas(score_batches(f"models:/{RANKER_MODEL}/{champion.version}", tracking_uri(cfg)),
-                              SCORED_SCHEMA)
-    top = top_n(scored, cfg.score.top_n).withColumn(MODEL_VERSION, F.lit(str(champion.version)))
-    location = io.write_version(top.select(USER_ID, ITEM_ID, SCORE, RANK, MODEL_VERSION, USER_IDX, ITEM_IDX), cfg,
-                                "recommendations", date, cfg.score.files_per_day)
+    scorer = score_users(f"models:/{RANKER_MODEL}/{champion.version}", tracking_uri(cfg),
+                         spark.sparkContext.broadcast(item_dense_table(spark, cfg, date)), cfg.score.top_n,
+                         cfg.score.torch_threads)
+    with arrow_batch_rows(spark, cfg.score.batch_users):
+        top = (users.mapInArrow(scorer, TOP_SCHEMA)
+               .join(dictionary(spark, cfg, "dim_users", date), USER_IDX)
+               .join(dictionary(spark, cfg, "dim_items", date), ITEM_IDX)
+               .withColumn(MODEL_VERSION, F.lit(str(champion.version))))
+        location = io.write_version(top.select(USER_ID, ITEM_ID, SCORE, RANK, MODEL_VERSION, USER_IDX, ITEM_IDX),
+                                    cfg, "recommendations", date, cfg.score.files_per_day)
     written = io.read_path(spark, location)
     summary = written.agg(F.count("*").alias("rows"), F.countDistinct(USER_IDX).alias("users")).first()
     log.info("score %s: %d recommendations for %d users from %s version %s at %s", date, summary["rows"],
@@ -64,22 +80,159 @@ def champion_version(cfg: Config) -> str:
     return version.version if version is not None else "none"
 
 
-def score_batches(model_uri: str, uri: str) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The per-partition scorer: load the pinned version once, score every batch."""
+@contextmanager
+def arrow_batch_rows(spark: SparkSession, rows: int) -> Iterator[None]:
+    """Arrow batches of `rows` rows for the Python workers while inside (Spark's default
+    is 10,000), restored after: the session is shared with the stages that follow."""
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, str(rows))
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
 
-    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        import mlflow
 
-        mlflow.set_tracking_uri(uri)  # executors do not inherit the driver's MLflow settings
-        # The rows are built here to the model's signature, so MLflow's per-row check of
-        # the list columns (three quarters of the time) is skipped: the model's own
-        # predict is called directly.
-        model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+def user_rows(spark: SparkSession, cfg: Config, date: dt.date, exclude_history: bool) -> DataFrame:
+    """D's ALS candidates by user, as the network takes them: one row per user with the
+    candidates (`candidates`: item_idx and als_score), the history indexes of D's
+    sequences (`hist_items`, 0-padded) and the user's dense features. A history is
+    carried once per user, not once per candidate, and no string id is looked up: the
+    dictionaries are joined only to the top N that are kept."""
+    candidates_at = io.location(cfg, "als_candidates", date)
+    if candidates_at is None:
+        raise DataError(f"score {date}: no ALS candidates at {cfg.table_path('als_candidates', date)}; "
+                        f"run `recpipe als --date {date}`")
+    candidates = io.read_path(spark, candidates_at).select(USER_IDX, ITEM_IDX, ALS_SCORE)
+    if not io.table_exists(cfg, "sequences", date):
+        raise DataError(f"score {date}: no sequences for {date}; run `recpipe features --date {date}`")
+    sequences = io.read_day(spark, cfg, "sequences", date).select(USER_IDX, HIST_ITEMS)
+    if exclude_history:
+        interacted = sequences.select(USER_IDX, F.explode(HIST_ITEMS).alias(ITEM_IDX)).where(F.col(ITEM_IDX) > 0)
+        candidates = candidates.join(interacted, [USER_IDX, ITEM_IDX], "left_anti")
+    return (
+        candidates
+        .groupBy(USER_IDX)
+        .agg(F.collect_list(F.struct(ITEM_IDX, ALS_SCORE)).alias(CANDIDATES))
+        .join(sequences, USER_IDX, "left")
+        .join(features(spark, cfg, "user_features", date, USER_IDX, USER_DENSE), USER_IDX, "left")
+        .select(USER_IDX, CANDIDATES, HIST_ITEMS, USER_DENSE)
+    )
+
+
+def item_dense_table(spark: SparkSession, cfg: Config, date: dt.date) -> np.ndarray:
+    """D's item features as a (largest item_idx + 1, I) float32 matrix, NaN where an item
+    has none. One row per catalogue item (not per event): sent to every scoring task
+    once, as a broadcast, instead of being joined onto every candidate row."""
+    items = features(spark, cfg, "item_features", date, ITEM_IDX, ITEM_DENSE).toPandas()
+    if items.empty:
+        return np.full((1, 0), np.nan, np.float32)
+    width = max(len(v) for v in items[ITEM_DENSE] if v is not None)
+    table = np.full((int(items[ITEM_IDX].max()) + 1, width), np.nan, np.float32)
+    whole = np.array([v is not None and len(v) == width for v in items[ITEM_DENSE]])
+    if whole.any():
+        table[items[ITEM_IDX].to_numpy()[whole]] = np.stack(items[ITEM_DENSE].to_numpy()[whole])
+    return table
+
+
+def score_users(model_uri: str, uri: str, item_dense: Broadcast, top: int, torch_threads: int
+                ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The per-partition scorer for `mapInArrow` over `user_rows`: load the pinned version
+    once, then for each Arrow batch of users score every candidate with numpy arrays
+    straight from Arrow (`CandidateScorer.score_indexes`, the same id mapping and network
+    the registered pyfunc applies to string ids) and keep each user's `top` best."""
+
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        scorer = pinned_scorer(model_uri, uri)
+        items = item_dense.value
         for batch in batches:
-            scores = np.asarray(model.predict(None, model_input(batch)), dtype=np.float64).reshape(-1)
-            yield batch[[USER_IDX, ITEM_IDX, USER_ID, ITEM_ID]].assign(**{SCORE: scores})
+            arrays = network_arrays(batch, scorer.config.user_dense_dim, items, scorer.config.item_dense_dim)
+            scores = scorer.score_indexes(**arrays)
+            users, chosen, ranks = top_per_user(batch.column(USER_IDX).to_numpy(), arrays["repeat"],
+                                                arrays["item_idx"], scores, top)
+            yield pa.RecordBatch.from_arrays(
+                [pa.array(users, pa.int32()), pa.array(arrays["item_idx"][chosen], pa.int32()),
+                 pa.array(scores[chosen]), pa.array(ranks, pa.int32())], names=[USER_IDX, ITEM_IDX, SCORE, RANK])
 
     return score
+
+
+def pinned_scorer(model_uri: str, uri: str) -> CandidateScorer:
+    """A `CandidateScorer` of this recpipe's code over the weights and vocabulary that the
+    registry version `model_uri` holds. Not the version's own pickled code: a version
+    registered by an older recpipe lacks the index-level path, and the network and the
+    id mapping are the same code either way (tests compare the two)."""
+    import mlflow
+    from mlflow.models import Model
+
+    from recpipe.serving.pyfunc import VOCABULARY, WEIGHTS
+
+    mlflow.set_tracking_uri(uri)  # executors do not inherit the driver's MLflow settings
+    with tempfile.TemporaryDirectory(prefix="recpipe-score-") as tmp:
+        local = mlflow.artifacts.download_artifacts(model_uri, dst_path=tmp)
+        artifacts = Model.load(local).flavors["python_function"]["artifacts"]
+        return CandidateScorer.from_files(os.path.join(local, artifacts[WEIGHTS]["path"]),
+                                          os.path.join(local, artifacts[VOCABULARY]["path"]))
+
+
+def network_arrays(batch: pa.RecordBatch, user_dim: int, item_dense: np.ndarray, item_dim: int
+                   ) -> dict[str, np.ndarray]:
+    """`score_indexes`' arguments from one batch of `user_rows`, without Python loops:
+    every user's candidates in order, each user's history and features once (`repeat`)."""
+    candidates = batch.column(CANDIDATES)
+    flat = pc.list_flatten(candidates)
+    history = batch.column(HIST_ITEMS)
+    item_idx = flat.field(ITEM_IDX).to_numpy(zero_copy_only=False).astype(np.int64)
+    return {
+        "item_idx": item_idx,
+        "hist_items": pc.list_flatten(history).to_numpy(zero_copy_only=False),
+        "hist_lengths": pc.list_value_length(history).fill_null(0).to_numpy(zero_copy_only=False),
+        "user_dense": dense_matrix(batch.column(USER_DENSE), user_dim),
+        "item_dense": item_rows(item_dense, item_idx, item_dim),
+        "als_score": pc.fill_null(flat.field(ALS_SCORE), float("nan")).to_numpy(zero_copy_only=False),
+        "repeat": pc.list_value_length(candidates).fill_null(0).to_numpy(zero_copy_only=False),
+    }
+
+
+def item_rows(table: np.ndarray, item_idx: np.ndarray, dim: int) -> np.ndarray:
+    """(B, dim) features of the candidates from `item_dense_table`; NaN (unknown) for an
+    item without features or a table of another width than the network's."""
+    if table.shape[1] != dim:
+        return np.full((len(item_idx), dim), np.nan, np.float32)
+    inside = item_idx < len(table)
+    return np.where(inside[:, None], table[np.where(inside, item_idx, 0)], np.float32(np.nan))
+
+
+def dense_matrix(lists: pa.Array, dim: int) -> np.ndarray:
+    """(rows, dim) float32 from a list column; a null or a list of another length is a row
+    of NaN, which the network reads as unknown (the training mean), as the pyfunc does."""
+    lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.float32)
+    out = np.full((len(lengths), dim), np.nan, np.float32)
+    whole = lengths == dim
+    if dim and whole.any():
+        starts = np.cumsum(lengths) - lengths
+        out[whole] = flat[starts[whole, None] + np.arange(dim)]
+    return out
+
+
+def top_per_user(users: np.ndarray, counts: np.ndarray, items: np.ndarray, scores: np.ndarray, n: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's n best candidates: (user of each kept row, the kept rows' positions in
+    the candidate arrays, rank 1..n). Users' candidates are consecutive, `counts` each;
+    ties are broken by item index, so the list is deterministic."""
+    segment = np.repeat(np.arange(len(users)), counts)
+    order = np.lexsort((items, -scores, segment))  # by user, best score first, then item index
+    starts = np.cumsum(counts) - counts
+    rank = np.arange(len(order)) - starts[segment[order]] + 1
+    kept = rank <= n
+    return users[segment[order[kept]]], order[kept], rank[kept]
 
 
 def model_input(rows: pd.DataFrame) -> pd.DataFrame:
@@ -90,12 +243,6 @@ def model_input(rows: pd.DataFrame) -> pd.DataFrame:
     for column in (HISTORY, USER_DENSE, ITEM_DENSE):
         inputs[column] = [[] if v is None else list(v) for v in inputs[column]]
     return inputs
-
-
-def top_n(scored: DataFrame, n: int) -> DataFrame:
-    """Each user's n best items, `rank` 1..n; ties broken by item index (deterministic)."""
-    order = Window.partitionBy(USER_IDX).orderBy(F.desc(SCORE), F.asc(ITEM_IDX))
-    return scored.withColumn(RANK, F.row_number().over(order)).where(F.col(RANK) <= n)
 
 
 def candidate_rows(spark: SparkSession, cfg: Config, date: dt.date, exclude_history: bool,

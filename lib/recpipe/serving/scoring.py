@@ -47,7 +47,9 @@ def save_weights(location: str, model_config: Mapping[str, Any], model_state: Ma
 
 
 class CandidateScorer:
-    """Click probabilities for candidates named by string ids.
+    """Click probabilities for candidates named by string ids (`score`) or by the lake's
+    dense item indexes (`score_indexes`, the pipeline's batch scorer); both go through the
+    same id mapping and the same network, so they give the same scores for the same rows.
 
     Args:
         model: the trained network.
@@ -60,6 +62,10 @@ class CandidateScorer:
         self.model = model.eval()
         self.config = model.config
         self.index = pd.Index(np.asarray(item_ids).astype(str))
+        item_idx, cat_idx = np.asarray(item_idx, np.int64), np.asarray(cat_idx, np.int64)
+        # Dictionary row of each lake index (-1: not in the dictionary the model was built with).
+        self.row_of_index = np.full(int(item_idx.max(initial=0)) + 1, -1, np.int64)
+        self.row_of_index[item_idx] = np.arange(len(item_idx))
         # Indexes the network never saw in training are unknown (0), like ids not in the dictionary.
         known = (item_idx > 0) & (item_idx < self.config.item_vocab)
         self.item_idx = np.where(known, item_idx, 0).astype(np.int64)
@@ -80,31 +86,93 @@ class CandidateScorer:
         missing = [c for c in REQUIRED_COLUMNS if c not in candidates.columns]
         if missing:
             raise ValueError(f"candidates lack column(s) {missing}; has {list(candidates.columns)}")
-        inputs = self.inputs(candidates)
+        return self.forward(self.inputs(candidates))
+
+    def score_indexes(self, item_idx: np.ndarray, hist_items: np.ndarray, hist_lengths: np.ndarray,
+                      user_dense: np.ndarray, item_dense: np.ndarray, als_score: np.ndarray,
+                      repeat: np.ndarray | None = None) -> np.ndarray:
+        """`score` for rows given by the lake's indexes instead of string ids.
+
+        Args:
+            item_idx: (B,) the candidates' item indexes.
+            hist_items / hist_lengths: every history's indexes, concatenated, most recent
+                last within a history, and each one's count (0 = none); 0 entries are padding.
+            user_dense: (H, U) float features of each history's user, NaN = unknown.
+            item_dense: (B, I) float features of the candidates, NaN = unknown.
+            als_score: (B,) float, NaN = 0.
+            repeat: (H,) candidates per history: history h (and its user_dense row) belongs
+                to the next repeat[h] candidates, so a user's history is mapped once for all
+                of their candidates. None: one history per candidate (H = B).
+        """
+        return self.forward(self.lake_inputs(item_idx, hist_items, hist_lengths, user_dense, item_dense, als_score,
+                                             repeat))
+
+    def lake_inputs(self, item_idx: np.ndarray, hist_items: np.ndarray, hist_lengths: np.ndarray,
+                    user_dense: np.ndarray, item_dense: np.ndarray, als_score: np.ndarray,
+                    repeat: np.ndarray | None = None) -> list[torch.Tensor]:
+        """The forward arguments for `score_indexes`' arguments."""
+        hist_items = np.asarray(hist_items, np.int64)
+        real = hist_items > 0
+        owner = np.repeat(np.arange(len(hist_lengths)), hist_lengths)[real]
+        histories = self._histories(self.rows_of(hist_items[real]), np.bincount(owner, minlength=len(hist_lengths)))
+        user_dense = np.asarray(user_dense, np.float32)
+        if repeat is not None:
+            histories = tuple(np.repeat(h, repeat, axis=0) for h in histories)
+            user_dense = np.repeat(user_dense, repeat, axis=0)
+        return self.index_inputs(self.rows_of(item_idx), histories, user_dense, item_dense,
+                                 np.nan_to_num(np.asarray(als_score, np.float32)))
+
+    def forward(self, inputs: list[torch.Tensor]) -> np.ndarray:
         out = []
         with torch.no_grad():
-            for start in range(0, len(candidates), self.batch_size):
+            for start in range(0, len(inputs[0]), self.batch_size):
                 batch = [t[start:start + self.batch_size] for t in inputs]
                 out.append(torch.sigmoid(self.model(*batch).float()).numpy())
         return np.concatenate(out).astype(np.float64) if out else np.empty(0)
 
+    def rows_of(self, lake_idx: np.ndarray) -> np.ndarray:
+        """Dictionary rows of lake item indexes (-1 where the dictionary lacks one)."""
+        lake_idx = np.asarray(lake_idx, np.int64)
+        inside = (lake_idx >= 0) & (lake_idx < len(self.row_of_index))
+        return np.where(inside, self.row_of_index[np.where(inside, lake_idx, 0)], -1)
+
     def inputs(self, candidates: pd.DataFrame) -> list[torch.Tensor]:
-        """The network's forward arguments for a DataFrame of candidates."""
+        """The network's forward arguments for a DataFrame of candidates (string ids)."""
         rows = len(candidates)
         codes = self.index.get_indexer(candidates[ITEM_ID].astype(str))  # -1 = not in the dictionary
-        item_idx = np.where(codes >= 0, self.item_idx[codes], 0)
-        cat_idx = np.where(codes >= 0, self.cat_idx[codes], 0)
-        hist_items, hist_cats, hist_len = self._histories(candidates[HISTORY])
-        user_dense = self._dense(candidates, USER_DENSE, rows, self.config.user_dense_dim)
-        item_dense = self._dense(candidates, ITEM_DENSE, rows, self.config.item_dense_dim)
-        if ITEM_DENSE not in candidates.columns and self.item_dense.size:
-            item_dense = np.where(codes[:, None] >= 0, self.item_dense[codes], np.nan).astype(np.float32)
+        history_codes, history_lengths = self._history_codes(candidates[HISTORY])
+        user_dense = _dense(candidates, USER_DENSE, rows, self.config.user_dense_dim)
+        item_dense = (_dense(candidates, ITEM_DENSE, rows, self.config.item_dense_dim)
+                      if ITEM_DENSE in candidates.columns else None)
         als = (candidates[ALS_SCORE].astype(float).fillna(0.0).to_numpy(np.float32)
                if ALS_SCORE in candidates.columns else np.zeros(rows, np.float32))
-        return [torch.as_tensor(x) for x in (item_idx, cat_idx, hist_items, hist_cats, hist_len, user_dense,
-                                             item_dense, als)]
+        return self.index_inputs(codes, self._histories(history_codes, history_lengths), user_dense, item_dense, als)
 
-    def _histories(self, histories: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def index_inputs(self, codes: np.ndarray, histories: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     user_dense: np.ndarray, item_dense: np.ndarray | None, als: np.ndarray) -> list[torch.Tensor]:
+        """The forward arguments from the candidates' dictionary rows (`codes`, -1 = unknown)
+        and their histories (`_histories`). `item_dense` None takes the packaged snapshot."""
+        item_idx = np.where(codes >= 0, self.item_idx[codes], 0)
+        cat_idx = np.where(codes >= 0, self.cat_idx[codes], 0)
+        hist_items, hist_cats, hist_len = histories
+        if item_dense is None:
+            item_dense = (np.where(codes[:, None] >= 0, self.item_dense[codes], np.nan).astype(np.float32)
+                          if self.item_dense.size else np.full((len(codes), self.config.item_dense_dim), np.nan,
+                                                               np.float32))
+        return [torch.as_tensor(np.ascontiguousarray(x)) for x in
+                (item_idx, cat_idx, hist_items, hist_cats, hist_len, np.asarray(user_dense, np.float32),
+                 np.asarray(item_dense, np.float32), np.asarray(als, np.float32))]
+
+    def _history_codes(self, histories: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        """Every history's ids as dictionary rows, concatenated, and each row's length."""
+        lists = [h if isinstance(h, (list, tuple, np.ndarray)) else () for h in histories]
+        lengths = np.fromiter((len(h) for h in lists), np.int64, len(lists))
+        if not lengths.sum():
+            return np.empty(0, np.int64), lengths
+        flat = np.concatenate([np.asarray(h, dtype=object) for h in lists if len(h)]).astype(str)
+        return self.index.get_indexer(flat), lengths
+
+    def _histories(self, codes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Left-padded (rows, L) item and category indexes and the real lengths.
 
         History ids missing from the dictionary (or known by neither item nor category)
@@ -112,35 +180,35 @@ class CandidateScorer:
         An item added after training keeps its category (its item index is 0).
         """
         length = self.config.history_length
-        lists = [[] if h is None or (isinstance(h, float) and np.isnan(h)) else list(h) for h in histories]
-        lengths = np.array([len(h) for h in lists], dtype=np.int64)
-        flat = np.array([str(i) for h in lists for i in h], dtype=object)
-        codes = self.index.get_indexer(flat) if len(flat) else np.empty(0, np.int64)
+        rows = len(lengths)
         flat_items = np.where(codes >= 0, self.item_idx[codes], 0)
         flat_cats = np.where(codes >= 0, self.cat_idx[codes], 0)
-        row = np.repeat(np.arange(len(lists)), lengths)
+        row = np.repeat(np.arange(rows), lengths)
         keep = (codes >= 0) & ((flat_items > 0) | (flat_cats > 0))
         row, items, cats = row[keep], flat_items[keep], flat_cats[keep]
-        kept = np.bincount(row, minlength=len(lists))
+        kept = np.bincount(row, minlength=rows)
         # Position of each kept entry counted from the end of its row (0 = most recent).
         starts = np.cumsum(kept) - kept
         from_end = kept[row] - 1 - (np.arange(len(row)) - starts[row])
         recent = from_end < length
-        hist_items = np.zeros((len(lists), length), np.int64)
-        hist_cats = np.zeros((len(lists), length), np.int64)
+        hist_items = np.zeros((rows, length), np.int64)
+        hist_cats = np.zeros((rows, length), np.int64)
         hist_items[row[recent], length - 1 - from_end[recent]] = items[recent]
         hist_cats[row[recent], length - 1 - from_end[recent]] = cats[recent]
         return hist_items, hist_cats, np.minimum(kept, length)
 
-    @staticmethod
-    def _dense(candidates: pd.DataFrame, column: str, rows: int, dim: int) -> np.ndarray:
-        """(rows, dim) float32 from a column of lists; absent or null = NaN (the training mean)."""
-        out = np.full((rows, dim), np.nan, np.float32)
-        if column in candidates.columns:
-            for i, values in enumerate(candidates[column]):
-                if values is not None and len(values) == dim:
-                    out[i] = np.asarray(values, dtype=np.float32)
+
+def _dense(candidates: pd.DataFrame, column: str, rows: int, dim: int) -> np.ndarray:
+    """(rows, dim) float32 from a column of lists; absent, null or of another length = NaN
+    (the training mean)."""
+    out = np.full((rows, dim), np.nan, np.float32)
+    if column not in candidates.columns or not rows:
         return out
+    values = candidates[column].tolist()
+    whole = np.fromiter((v is not None and not isinstance(v, float) and len(v) == dim for v in values), bool, rows)
+    if whole.any() and dim:
+        out[whole] = np.array([values[i] for i in np.flatnonzero(whole)], dtype=np.float32).reshape(-1, dim)
+    return out
 
 
 def model_info(weights: str) -> dict[str, Any]:

@@ -1,0 +1,47 @@
+"""What the benchmarks that measure a pipeline stage share: `--conf/--set/--date` as the
+CLI takes them, and a data root where the nightly for D has run.
+
+`ensure_nightly` runs `scripts/run_local.sh` (what `make run` runs: generate, the days
+before D, the nightly of D) unless the root already holds D's finished nightly (the last
+nightly stage's marker); the stages skip what their markers say is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from recpipe.config import Config, load_config, parse_date
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--conf", default=str(REPO / "conf" / "local.yaml"), help="config profile")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="config override (repeatable), as the CLI's --set")
+    parser.add_argument("--date", type=parse_date, help="the day D (default: the last generated day)")
+
+
+def pipeline_config(args: argparse.Namespace) -> tuple[Config, dt.date]:
+    cfg = load_config(args.conf, args.overrides)
+    return cfg, args.date or cfg.generate.dates[-1]
+
+
+def ensure_nightly(args: argparse.Namespace, date: dt.date) -> None:
+    """Generate and run the nightly of D unless it has finished on this root."""
+    from recpipe.markers import read_marker
+
+    cfg = load_config(args.conf, args.overrides)
+    if read_marker(cfg, date, cfg.nightly.stages[-1]) is not None:
+        return
+    command = ["bash", str(REPO / "scripts" / "run_local.sh"), args.conf]
+    for override in args.overrides:
+        command += ["--set", override]
+    env = {**os.environ, "DATE": date.isoformat(), "BIN": str(Path(sys.executable).parent)}
+    print(f"# making sure the nightly for {date} has run: {' '.join(command)}", flush=True)
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
