@@ -128,3 +128,24 @@ def test_ranker_input_is_written_per_split_with_scores_and_train_statistics(spar
     assert stats.user_dense_mean == pytest.approx(train["user_dense"].mean(axis=0).tolist(), abs=1e-6)
     assert stats.item_dense_std == pytest.approx(train["item_dense"].std(axis=0).tolist(), abs=1e-6)
     assert stats.als_score_mean == pytest.approx(float(train["als_score"].mean()), abs=1e-6)
+    # The wide layout: a column per array position, and the training stream reads every
+    # sample once per pass with the values the samples hold.
+    from recpipe.ranker.data import TrainStream
+    from recpipe.splits import TRAIN_COLUMNS, schema_columns
+
+    stored = schema_columns(split_location(cfg, D, "train"))
+    assert "hist_items" not in stored and [c for c in stored if c.startswith("hist_items__")] == [
+        f"hist_items__{j:02d}" for j in range(4)]
+    assert train["hist_items"].tolist() == [by_event[e][5] for e in train["event_id"]]
+    assert train["hist_cats"].tolist() == [by_event[e][6] for e in train["event_id"]]
+
+    def row_keys(arrays, n):  # every row as a tuple of its values, in a canonical order
+        return sorted(tuple(tuple(np.atleast_1d(arrays[c][i]).astype(float).round(5)) for c in TRAIN_COLUMNS)
+                      for i in range(n))
+
+    with TrainStream(split_location(cfg, D, "train"), batch_size=8, rank=0, world=1, seed=3, shuffle_queue=0,
+                     workers=1) as stream:
+        batches = [next(stream) for _ in range(5)]  # 5 x 8 = the 40 train rows, one pass
+    streamed = {c: np.concatenate([b[c].numpy() for b in batches]) for c in TRAIN_COLUMNS}
+    assert streamed["hist_items"].shape == (40, 4) and streamed["user_dense"].shape == (40, 2)
+    assert row_keys(streamed, 40) == row_keys(train, 40)

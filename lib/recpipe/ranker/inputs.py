@@ -36,7 +36,7 @@ from recpipe.schema import (
     USER_IDX,
     require_columns,
 )
-from recpipe.splits import split_location
+from recpipe.splits import split_location, wide_name
 
 log = logging.getLogger("recpipe.ranker")
 
@@ -127,6 +127,27 @@ def fill_dense(samples: DataFrame, user_dim: int, item_dim: int) -> DataFrame:
     )
 
 
+def to_wide(frame: DataFrame, widths: Mapping[str, int]) -> DataFrame:
+    """Each array column named in `widths` as one scalar column per position
+    (`splits.wide_name`), the layout Petastorm reads fast; other columns unchanged."""
+    wide = [F.col(name)[j].alias(wide_name(name, j)) for name, width in widths.items() for j in range(width)]
+    return frame.select(*[c for c in frame.columns if c not in widths], *wide)
+
+
+def from_wide(frame: DataFrame, widths: Mapping[str, int]) -> DataFrame:
+    """The array columns back from their wide columns (for Spark aggregates over them)."""
+    arrays = [F.array(*[F.col(wide_name(name, j)) for j in range(width)]).alias(name) for name, width in widths.items()]
+    kept = [c for c in frame.columns if not any(c.startswith(name + "__") for name in widths)]
+    return frame.select(*kept, *arrays)
+
+
+def array_widths(meta: Mapping) -> dict[str, int]:
+    """The length of each array column of D's samples, from their `_meta.json`."""
+    length = int(meta["history_length"])
+    return {HIST_ITEMS: length, HIST_CATS: length, USER_DENSE: len(meta["user_dense_features"]),
+            ITEM_DENSE: len(meta["item_dense_features"])}
+
+
 def dense_moments(train: DataFrame, column: str, dim: int) -> tuple[tuple, tuple]:
     """Per-position mean and population std of an array column (Spark aggregates)."""
     rows = (
@@ -208,6 +229,7 @@ def build_ranker_input(spark: SparkSession, cfg: Config, date: dt.date, meta: Ma
         ))
         .transform(lambda f: fill_dense(f, user_dim, item_dim))
         .withColumn(DT, F.lit(date))
+        .transform(lambda f: to_wide(f, array_widths(meta)))
     )
     rows = {r[SPLIT]: int(r["count"]) for r in samples.groupBy(SPLIT).count().collect()}
     write_ranker_input(scored, cfg, date, rows, min_files)
@@ -215,7 +237,7 @@ def build_ranker_input(spark: SparkSession, cfg: Config, date: dt.date, meta: Ma
     written = {split: _count(spark, cfg, date, split) for split in SPLITS}
     if written[TRAIN] == 0:
         raise DataError(f"train: the samples of {date} have no train rows")
-    train = io.read_path(spark, split_location(cfg, date, TRAIN))
+    train = from_wide(io.read_path(spark, split_location(cfg, date, TRAIN)), array_widths(meta))
     user_mean, user_std = dense_moments(train, USER_DENSE, user_dim)
     item_mean, item_std = dense_moments(train, ITEM_DENSE, item_dim)
     vocab = vocabulary_and_als_moments(train)

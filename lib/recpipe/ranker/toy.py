@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recpipe.serving.model import RankerModelConfig
+from recpipe.splits import wide_name
 
 
 def toy_arrays(rows: int, *, history_length: int = 8, items: int = 200, categories: int = 10, user_dense: int = 3,
@@ -45,10 +46,14 @@ def toy_arrays(rows: int, *, history_length: int = 8, items: int = 200, categori
     }
 
 
-def to_table(arrays: dict[str, np.ndarray]) -> pa.Table:
+def to_table(arrays: dict[str, np.ndarray], wide: bool = True) -> pa.Table:
+    """The arrays as a table: 2-D arrays as one column per position (`ranker_input`'s wide
+    layout, `splits.wide_name`), or as list columns (the older layout) when not `wide`."""
     columns = {}
     for name, values in arrays.items():
-        if values.ndim == 2:
+        if values.ndim == 2 and wide:
+            columns.update({wide_name(name, j): pa.array(values[:, j]) for j in range(values.shape[1])})
+        elif values.ndim == 2:
             columns[name] = pa.ListArray.from_arrays(
                 pa.array(np.arange(0, values.size + 1, values.shape[1], dtype=np.int32)), pa.array(values.ravel()))
         else:
@@ -57,14 +62,14 @@ def to_table(arrays: dict[str, np.ndarray]) -> pa.Table:
 
 
 def write_toy_split(folder: str, row_group_sizes: Sequence[int], *, files: int = 1, seed: int = 0,
-                    **shape) -> int:
+                    wide: bool = True, **shape) -> int:
     """Write a split of toy rows as `files` Parquet files whose row groups have the given
     sizes (dealt to the files in turn); returns the number of rows.
 
     `shape` goes to `toy_arrays` (history_length, items, categories, user_dense, item_dense).
     """
     os.makedirs(folder, exist_ok=True)
-    table = to_table(toy_arrays(sum(row_group_sizes), seed=seed, **shape))
+    table = to_table(toy_arrays(sum(row_group_sizes), seed=seed, **shape), wide)
     writers = [pq.ParquetWriter(os.path.join(folder, f"part-{i:05d}.parquet"), table.schema) for i in range(files)]
     start = 0
     for i, size in enumerate(row_group_sizes):
