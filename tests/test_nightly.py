@@ -169,6 +169,23 @@ def test_first_nightly_runs_every_stage_and_promotes_a_version_that_beats_the_ba
     assert scenario["after_first"]["champion"] == scenario["after_first"]["challenger"]
 
 
+def test_the_nightly_records_each_stages_seconds_in_mlflow(scenario):
+    import mlflow
+    from recpipe.tracking import tracking_uri
+
+    cfg, D = scenario["cfg"], scenario["D"]
+    client = mlflow.MlflowClient(tracking_uri(cfg))
+    experiment = client.get_experiment_by_name("recpipe-nightly")
+    first = client.search_runs([experiment.experiment_id], f"attributes.run_name = 'nightly-{D}'",
+                               order_by=["attributes.start_time ASC"])[0]
+    expected = {f"{o.stage}_seconds": round(o.seconds, 3) for o in scenario["first"]}
+    assert {k: v for k, v in first.data.metrics.items() if k != "total_seconds"} == pytest.approx(expected)
+    assert first.data.metrics["total_seconds"] == pytest.approx(sum(expected.values()), abs=0.01)
+    assert first.data.tags["score"] == "ok" and first.data.tags["date"] == D.isoformat()
+    runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = 'nightly-{D}'")
+    assert len(runs) == 3  # first, eval_days, the forced promote; the nightly that skipped everything logs none
+
+
 def test_second_nightly_for_the_same_date_does_no_work_and_changes_no_output(scenario):
     assert set(statuses(scenario["second"]).values()) == {"skipped"}
     assert scenario["unchanged"]
@@ -288,3 +305,25 @@ def test_a_fresh_process_without_recpipe_loads_the_champion_and_scores(scenario,
     assert done.returncode == 0, done.stderr[-4000:]
     scores = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(scores) == 2 and all(0.0 < s < 1.0 for s in scores)
+
+
+def test_the_score_stage_gives_the_consumer_pyfuncs_scores(spark, scenario):
+    """`recpipe score` scores by index inside Spark; the registered pyfunc, given the same
+    rows as a consumer sends them (string ids), gives the same scores."""
+    import mlflow
+    from pyspark.sql import functions as F
+    from recpipe import io
+    from recpipe.registry.score import candidate_rows, model_input
+    from recpipe.tracking import tracking_uri
+
+    cfg, D = scenario["cfg"], scenario["D"]
+    recs = io.read_day(spark, cfg, "recommendations", D)
+    users = [r["user_id"] for r in recs.select("user_id").distinct().orderBy("user_id").limit(3).collect()]
+    listed = recs.where(F.col("user_id").isin(users)).select("user_id", "item_id", "score", "model_version").toPandas()
+    rows = (candidate_rows(spark, cfg, D, exclude_history=True, user_ids=users).toPandas()
+            .merge(listed, on=["user_id", "item_id"]))
+    assert len(rows) == len(listed) > 0
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{listed['model_version'].iloc[0]}")
+    consumer = model.predict(model_input(rows)).to_numpy()
+    assert consumer == pytest.approx(rows["score"].to_numpy(), abs=1e-6)

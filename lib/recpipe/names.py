@@ -14,3 +14,4 @@ PREVIOUS = "previous"
 ETL_EXPERIMENT = "recpipe-etl"
 ALS_EXPERIMENT = "recpipe-als"
 RANKER_EXPERIMENT = "recpipe-ranker"
+NIGHTLY_EXPERIMENT = "recpipe-nightly"  # one run per nightly date: each stage's seconds and status

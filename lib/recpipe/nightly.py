@@ -48,10 +48,33 @@ def run_date(runner: Runner, date: dt.date, stages: Sequence[Stage], *, force: b
             outcomes.append(runner.run(stage, date, force=position >= forced_from))
         except StageFailed as err:
             outcomes += err.outcomes + [StageOutcome(date, s, NOT_RUN) for s in names[position + 1:]]
+            log_nightly_run(runner.cfg, date, outcomes)
             error = NightlyError(f"nightly {date}: {err}")
             error.outcomes = outcomes
             raise error from err
+    log_nightly_run(runner.cfg, date, outcomes)
     return outcomes
+
+
+def log_nightly_run(cfg: Config, date: dt.date, outcomes: Sequence[StageOutcome]) -> None:
+    """One MLflow run per nightly date in `recpipe-nightly`: `<stage>_seconds` of every stage
+    that ran and a `<stage>` tag with its status, so a slow night is found by query.
+    A failure to log is reported and does not fail the nightly: the work is done."""
+    from recpipe.names import NIGHTLY_EXPERIMENT
+    from recpipe.tracking import start_run
+
+    ran = [o for o in outcomes if o.status not in (SKIPPED, NOT_RUN)]
+    if not ran:
+        return  # a nightly that found everything done has nothing to record
+    try:
+        import mlflow
+
+        with start_run(cfg, NIGHTLY_EXPERIMENT, run_name=f"nightly-{date}",
+                       tags={"date": date.isoformat(), **{o.stage: o.status for o in outcomes}}):
+            mlflow.log_metrics({**{f"{o.stage}_seconds": round(o.seconds, 3) for o in ran},
+                                "total_seconds": round(sum(o.seconds for o in ran), 3)})
+    except Exception as err:  # noqa: BLE001  (the tracking store, not the pipeline, failed)
+        log.warning("nightly %s: could not log the stage seconds to MLflow: %s", date, err)
 
 
 def nightly(cfg: Config, dates: Sequence[dt.date], *, force: bool = False, from_stage: str | None = None,
