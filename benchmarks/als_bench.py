@@ -1,11 +1,15 @@
 """Spark ALS vs the `implicit` library on one interaction matrix, and blocked top-K vs
 recommendForAllUsers, in one run.
 
-    .venv/bin/python benchmarks/als_bench.py --root var/recpipe --date 2026-11-14     # after `make run`
+    .venv/bin/python benchmarks/als_bench.py [--conf conf/local.yaml] [--set k=v] [--date D]  # `make run`'s matrix
     .venv/bin/python benchmarks/als_bench.py --synthetic 21000000 --driver-memory 10g  # 20.2 M interactions
 
-How the two factorisations are matched (same rank, iterations, exact least-squares
-solver on both sides, 2 threads each):
+implicit runs twice: with its default conjugate-gradient solver (what its users run) and
+with the exact Cholesky solver (`use_cg=False`, the same kind of solve as Spark's).
+recommendForAllUsers runs with its default `blockSize` and over a small sweep of block
+sizes; the blocked top-K is compared with both the default and the best of the sweep.
+
+How the two factorisations are matched (same rank, iterations, 2 threads each):
 - Confidence. Spark reads a rating r as preference r > 0 with confidence 1 + alpha·|r|;
   implicit uses the matrix value v itself as the confidence (negative v: preference 0,
   confidence |v|). Feeding implicit v = sign(r)·(1 + alpha·|r|) with its own alpha = 1
@@ -44,9 +48,9 @@ from recpipe import io  # noqa: E402
 from recpipe.als.evaluate import relevant_items  # noqa: E402
 from recpipe.als.interactions import RATING, build_interactions  # noqa: E402
 from recpipe.als.topk import top_k_block, top_k_candidates  # noqa: E402
-from recpipe.config import load_config  # noqa: E402
 from recpipe.spark import blas_implementation, get_spark  # noqa: E402
-from bench_summary import summary_line  # noqa: E402  (beside this script)
+from bench_pipeline import add_pipeline_args, ensure_nightly, pipeline_config  # noqa: E402  (beside this script)
+from bench_summary import summary_line  # noqa: E402
 
 
 def synthetic_interactions(n: int, seed: int = 0, chunk_users: int = 20_000) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -125,11 +129,11 @@ def implicit_matrix(train: pd.DataFrame, alpha: float, n_users: int, n_items: in
                          shape=(n_users, n_items))
 
 
-def fit_implicit(matrix: sp.csr_matrix, rank: int, reg: float, iters: int, seed: int):
+def fit_implicit(matrix: sp.csr_matrix, rank: int, reg: float, iters: int, seed: int, use_cg: bool):
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    model = AlternatingLeastSquares(factors=rank, regularization=reg, alpha=1.0, iterations=iters, use_cg=False,
+    model = AlternatingLeastSquares(factors=rank, regularization=reg, alpha=1.0, iterations=iters, use_cg=use_cg,
                                     calculate_training_loss=False, num_threads=2, random_state=seed)
     with threadpool_limits(1, "blas"):  # implicit parallelises over rows itself
         model.fit(matrix, show_progress=False)
@@ -160,9 +164,11 @@ def timed(fn, *args):
 
 
 def run(args) -> dict:
-    overrides = [f"paths.root={args.root}", "spark.master=local[2]", f"spark.driver_memory={args.driver_memory}",
-                 "spark.extra={spark.ui.enabled: 'false'}"]
-    cfg = load_config(REPO / "conf" / "local.yaml", overrides)
+    args.overrides = [*args.overrides, "spark.master=local[2]", f"spark.driver_memory={args.driver_memory}",
+                      "spark.extra={spark.ui.enabled: 'false'}"]
+    cfg, date = pipeline_config(args)
+    if not args.synthetic:
+        ensure_nightly(args, date)
     blocks = {"block_size": cfg.als.item_block_size, "user_block_size": cfg.als.user_block_size}  # the pipeline's
     spark = get_spark(cfg, "als-bench")
     spark.sparkContext.setLogLevel("ERROR")
@@ -173,8 +179,8 @@ def run(args) -> dict:
         train, held = synthetic_interactions(args.synthetic)
         source = f"synthetic, {args.synthetic:,} requested"
     else:
-        train, held = chain_interactions(spark, cfg, dt.date.fromisoformat(args.date))
-        source = f"pipeline events under {args.root}, D={args.date}"
+        train, held = chain_interactions(spark, cfg, date)
+        source = f"pipeline events under {cfg.paths.root}, D={date}"
     train_path = os.path.join(scratch, "train.parquet")
     pq.write_table(pa.Table.from_pandas(train, preserve_index=False), train_path, row_group_size=1_000_000)
     n_users, n_items = int(train.user_idx.max()) + 1, int(train.item_idx.max()) + 1
@@ -188,7 +194,7 @@ def run(args) -> dict:
 
     if args.topk_only:  # the same seeded matrix as a full run; one Spark fit gives the factors to rank with
         spark_model = fit_spark(spark, train_path, args.rank, args.reg, args.alpha, args.iters, 1)
-        report.update(compare_top_k(spark_model, args.topk, args.equality_users, blocks))
+        report.update(compare_top_k(spark_model, args.topk, args.equality_users, blocks, args.block_sizes))
         spark.stop()
         return report
 
@@ -196,13 +202,16 @@ def run(args) -> dict:
     _, spark_one = timed(fit_spark, spark, train_path, args.rank, args.reg, args.alpha, 1, 1)
     spark_model, spark_n = timed(fit_spark, spark, train_path, args.rank, args.reg, args.alpha, args.iters, 1)
     matrix = implicit_matrix(train, args.alpha, n_users, n_items)
-    fit_implicit(matrix, args.rank, implicit_reg, 1, 1)  # warm-up
-    _, implicit_one = timed(fit_implicit, matrix, args.rank, implicit_reg, 1, 1)
-    implicit_model, implicit_n = timed(fit_implicit, matrix, args.rank, implicit_reg, args.iters, 1)
-    report.update(spark_fit_s=spark_n, implicit_fit_s=implicit_n,
-                  spark_s_per_iter=marginal(spark_one, spark_n, args.iters),
-                  implicit_s_per_iter=marginal(implicit_one, implicit_n, args.iters))
-    report["spark_over_implicit_per_iter"] = report["spark_s_per_iter"] / report["implicit_s_per_iter"]
+    report.update(spark_fit_s=spark_n, spark_s_per_iter=marginal(spark_one, spark_n, args.iters))
+    implicit_models = {}
+    for solver, use_cg in (("cg", True), ("cholesky", False)):
+        fit_implicit(matrix, args.rank, implicit_reg, 1, 1, use_cg)  # warm-up
+        _, one = timed(fit_implicit, matrix, args.rank, implicit_reg, 1, 1, use_cg)
+        implicit_models[solver], n = timed(fit_implicit, matrix, args.rank, implicit_reg, args.iters, 1, use_cg)
+        report[f"implicit_{solver}_fit_s"] = n
+        report[f"implicit_{solver}_s_per_iter"] = marginal(one, n, args.iters)
+        report[f"spark_over_implicit_{solver}_per_iter"] = (report["spark_s_per_iter"]
+                                                            / report[f"implicit_{solver}_s_per_iter"])
 
     rng = np.random.default_rng(1)
     eval_users = rng.choice(held.user_idx.unique(), size=min(args.eval_users, held.user_idx.nunique()), replace=False)
@@ -210,31 +219,42 @@ def run(args) -> dict:
     all_users, all_items = np.arange(n_users), np.arange(n_items)
     for k in args.ks:
         report[f"spark_recall_at_{k}"] = recall_at_k(s_uid, s_u, s_iid, s_i, train, held, k, eval_users, blocks)
-        report[f"implicit_recall_at_{k}"] = recall_at_k(
-            all_users, np.asarray(implicit_model.user_factors, np.float32), all_items,
-            np.asarray(implicit_model.item_factors, np.float32), train, held, k, eval_users, blocks)
+        for solver, model in implicit_models.items():
+            report[f"implicit_{solver}_recall_at_{k}"] = recall_at_k(
+                all_users, np.asarray(model.user_factors, np.float32), all_items,
+                np.asarray(model.item_factors, np.float32), train, held, k, eval_users, blocks)
 
     print(json.dumps(report, indent=2), flush=True)  # the factorisations' figures, before the long top-K part
     if not args.skip_topk:
-        report.update(compare_top_k(spark_model, args.topk, args.equality_users, blocks))
+        report.update(compare_top_k(spark_model, args.topk, args.equality_users, blocks, args.block_sizes))
     spark.stop()
     return report
 
 
-def compare_top_k(model, k: int, equality_users: int, blocks: dict) -> dict:
-    """Seconds of our blocked top-K and of recommendForAllUsers for every user, and whether
-    they agree, for all users or, with equality_users > 0, for a random sample of that many
-    (the check computes both lists again; at 20 M interactions all users would double the
-    run's length)."""
+def compare_top_k(model, k: int, equality_users: int, blocks: dict, block_sizes: list[int]) -> dict:
+    """Seconds of our blocked top-K and of recommendForAllUsers for every user (with its
+    default blockSize and each of `block_sizes`), and whether the lists agree, for all
+    users or, with equality_users > 0, for a random sample of that many (the check
+    computes both lists again; at 20 M interactions all users would double the run's
+    length)."""
     from pyspark.sql import functions as F
 
     ours = top_k_candidates(model.userFactors, model.itemFactors, seen=None, k=k, **blocks)
     ours.limit(1).collect()  # warm-up: start the Python workers once
     _, ours_s = timed(lambda: ours.write.format("noop").mode("overwrite").save())
-    theirs = model.recommendForAllUsers(k)
-    _, theirs_s = timed(lambda: theirs.write.format("noop").mode("overwrite").save())
-    timings = {"topk_k": k, "blocked_topk_s": ours_s, "recommend_for_all_users_s": theirs_s,
-               "topk_speedup": theirs_s / ours_s}
+    default_block = model.getBlockSize()
+    sweep = {}
+    for size in [default_block, *[b for b in block_sizes if b != default_block]]:
+        model.setBlockSize(size)
+        theirs = model.recommendForAllUsers(k)
+        _, sweep[size] = timed(lambda: theirs.write.format("noop").mode("overwrite").save())
+    model.setBlockSize(default_block)
+    best_block = min(sweep, key=sweep.get)
+    timings = {"topk_k": k, "blocked_topk_s": ours_s, "recommend_for_all_users_s": sweep[default_block],
+               "recommend_for_all_users_default_block": default_block,
+               "recommend_for_all_users_best_s": sweep[best_block], "recommend_for_all_users_best_block": best_block,
+               "recommend_for_all_users_sweep_s": {str(b): t for b, t in sweep.items()},
+               "topk_speedup": sweep[default_block] / ours_s, "topk_speedup_vs_tuned": sweep[best_block] / ours_s}
     # The equality check below computes both sides again (at 20 M interactions that took longer
     # than the timed runs), so the timings are printed first.
     print(json.dumps(timings), flush=True)
@@ -281,8 +301,7 @@ def boundary_ties(model, differing: pd.DataFrame, k: int, tolerance: float = 1e-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=str(REPO / "var" / "recpipe"), help="data root of a `make run`")
-    parser.add_argument("--date", default="2026-11-14", help="evaluation day D of the pipeline's matrix")
+    add_pipeline_args(parser)
     parser.add_argument("--synthetic", type=int, default=0, help="use a synthetic matrix of about this many interactions")
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--iters", type=int, default=5)
@@ -295,6 +314,8 @@ def main() -> None:
                         help="fit Spark ALS once and compare only the top-K (the factorisation figures are skipped)")
     parser.add_argument("--equality-users", type=int, default=0,
                         help="check the two top-K lists on a random sample of this many users (0 = all)")
+    parser.add_argument("--block-sizes", type=int, nargs="+", default=[256, 1024, 16384],
+                        help="recommendForAllUsers blockSize values tried besides its default (4096)")
     parser.add_argument("--eval-users", type=int, default=20000)
     parser.add_argument("--driver-memory", default="8g")
     parser.add_argument("--out", help="also write the report as JSON here")
