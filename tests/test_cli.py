@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -76,3 +77,26 @@ def test_generate_writes_logs_catalogue_truth_and_manifest(tmp_path):
     assert list((tmp_path / "raw" / "items").glob("*.jsonl.gz"))
     assert list((tmp_path / "truth").rglob("*.parquet"))
     assert "generate" in result.stderr and "lines" in result.stderr  # the log line names the stage
+
+
+@pytest.mark.spark
+def test_clean_range_cleans_the_days_in_one_job_and_then_skips_them(tmp_path):
+    """What `make run` uses for the days before D's nightly: the range in one Spark job,
+    every day's events committed, one dictionary snapshot dated the last day; a second
+    call finds the days cleaned and starts no Spark job."""
+    from recpipe import io
+    from recpipe.config import load_config
+
+    sets = ["--set", f"paths.root={tmp_path}", "--set", "generate.users=300", "--set", "generate.items=120",
+            "--set", "generate.days=3"]
+    assert recpipe("generate", "--conf", "conf/local.yaml", *sets).returncode == 0
+    first = recpipe("clean-range", "--conf", "conf/local.yaml", *sets, "--start", "2026-11-01", "--end", "2026-11-03")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert " ok (2026-11-01..2026-11-03)" in first.stdout
+    cfg = load_config(REPO / "conf" / "local.yaml", [s for s in sets if s != "--set"])
+    days = [dt.date(2026, 11, d) for d in (1, 2, 3)]
+    assert all(io.table_exists(cfg, "events", d) for d in days)
+    assert io.latest_day(cfg, "dim_users", days[-1]) == days[-1] and io.latest_day(cfg, "dim_users", days[1]) is None
+    again = recpipe("clean-range", "--conf", "conf/local.yaml", *sets, "--start", "2026-11-01", "--end", "2026-11-03")
+    assert again.returncode == 0 and " skipped (2026-11-01..2026-11-03)" in again.stdout
+    assert "SparkContext" not in again.stderr

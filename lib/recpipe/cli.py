@@ -167,6 +167,13 @@ def cmd_ingest_movielens(cfg: Config, args: argparse.Namespace) -> None:
           f"malformed: {report['malformed'] or 'none'}; report {cfg.table_path('ingest_report')}")
 
 
+def cmd_clean_range(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe.history import clean_in_one_job
+    from recpipe.runner import format_outcomes
+
+    print(format_outcomes([clean_in_one_job(cfg, args.start, args.end, force=args.force)]))
+
+
 def cmd_history(cfg: Config, args: argparse.Namespace) -> None:
     from recpipe.history import run
     from recpipe.runner import format_outcomes
@@ -282,6 +289,12 @@ def _pipeline_options(parser: argparse.ArgumentParser) -> None:
     _summary_json(parser)
 
 
+def _clean_range_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--start", type=date_arg, required=True, help="first day")
+    parser.add_argument("--end", type=date_arg, required=True, help="last day")
+    _forced(parser)
+
+
 def _cutoff(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cutoff", type=date_arg, help="evaluation cut-off D (default: history.cutoff)")
 
@@ -318,6 +331,8 @@ def commands() -> list[Command]:
                 "convert a MovieLens release (folder or zip) to raw logs and catalogue under the root",
                 opt("--source", required=True,
                     help="a MovieLens zip or folder (ml-latest*, ml-100k, ml-1m, ml-10m, ml-20m, ml-25m)")),
+        Command("clean-range", cmd_clean_range, "clean the raw days START..END in one Spark job (the days before a "
+                "first nightly); skipped when they are cleaned", _clean_range_options),
         Command("history", cmd_history, "whole-history run: clean everything, then features, als and train with one "
                 "cut-off D", _cutoff),
         Command("report", cmd_report, "the quality report of a whole-history run (ALS, ranker, leave-last-out) as "
