@@ -1,6 +1,10 @@
 """Spark clean + features vs the same cleaning and sequence building in DuckDB, one machine.
 
-    .venv/bin/python benchmarks/etl_bench.py --events 1000000 --events 10000000
+    .venv/bin/python benchmarks/etl_bench.py --events 1000000 --events 10000000 [--conf …] [--set k=v] [--date D]
+
+`--set` overrides apply after the sizes' own (users, items, files per day, local[2]);
+`--date` is the day `features` runs for (default: the last generated day). Ends with
+`summary: ratio_1m=… ratio_10m=… …` (clean + features, Spark over DuckDB, per size).
 
 For each size the generator writes a data set (users scale with the size, 14 days), then
 each engine runs in its own subprocess (so peak memory is that engine's alone, JVM and
@@ -31,7 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "lib"))
 
 from recpipe.config import load_config  # noqa: E402
-from bench_summary import summary_line  # noqa: E402  (beside this script)
+from bench_pipeline import add_pipeline_args  # noqa: E402  (beside this script)
+from bench_summary import summary_line  # noqa: E402
 
 USERS_PER_MILLION = 20000
 ITEMS_PER_MILLION = 5000
@@ -76,13 +81,13 @@ class PeakRss:
         self._thread.join()
 
 
-def run_spark(cfg) -> dict:
+def run_spark(cfg, last: dt.date | None = None) -> dict:
     from recpipe.etl import clean, features
     from recpipe.spark import get_spark
 
     spark = get_spark(cfg, "etl-bench")
     spark.sparkContext.setLogLevel("ERROR")
-    dates = cfg.generate.dates
+    dates = [d for d in cfg.generate.dates if last is None or d <= last]
     with PeakRss() as rss:
         started = time.perf_counter()
         reports = [clean.run(spark, cfg, date) for date in dates]
@@ -196,14 +201,15 @@ def run_duckdb(cfg) -> dict:
             "accepted": accepted, "rejected": counts, "sequences": sequences}
 
 
-def child(engine: str, overrides: list[str]) -> None:
-    cfg = load_config(REPO / "conf" / "local.yaml", overrides)
-    result = run_spark(cfg) if engine == "spark" else run_duckdb(cfg)
+def child(engine: str, conf: str, overrides: list[str], date: dt.date | None) -> None:
+    cfg = load_config(conf, overrides)
+    result = run_spark(cfg, date) if engine == "spark" else run_duckdb(cfg)
     print("RESULT " + json.dumps(result))
 
 
-def measure(engine: str, overrides: list[str]) -> dict:
-    command = [sys.executable, __file__, "--child", engine, *[arg for o in overrides for arg in ("--set", o)]]
+def measure(engine: str, args: argparse.Namespace, overrides: list[str]) -> dict:
+    command = [sys.executable, __file__, "--child", engine, "--conf", args.conf,
+               *[arg for o in overrides for arg in ("--set", o)], *(["--date", args.date.isoformat()] if args.date else [])]
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -211,16 +217,16 @@ def measure(engine: str, overrides: list[str]) -> dict:
     raise RuntimeError(f"{engine} run failed:\n{out.stderr[-4000:]}")
 
 
-def bench(events: int, workdir: str) -> dict:
+def bench(events: int, workdir: str, args: argparse.Namespace) -> dict:
     from recpipe.generate import run as generate
 
     root = os.path.join(workdir, f"root-{events}")
-    overrides = size_overrides(events, root)
+    overrides = [*size_overrides(events, root), *args.overrides]
     started = time.perf_counter()
-    manifest = generate(load_config(REPO / "conf" / "local.yaml", overrides))
+    manifest = generate(load_config(args.conf, overrides))
     generate_s = time.perf_counter() - started
-    spark = measure("spark", overrides)
-    duck = measure("duckdb", overrides)
+    spark = measure("spark", args, overrides)
+    duck = measure("duckdb", args, overrides)
     lines = manifest["totals"]["lines"]
     return {
         "events_requested": events, "lines": lines, "generate_s": generate_s,
@@ -239,18 +245,19 @@ def main() -> None:
     parser.add_argument("--workdir", help="where the generated data goes (default: a temp dir)")
     parser.add_argument("--out", help="also write the report as JSON here")
     parser.add_argument("--child", choices=["spark", "duckdb"], help=argparse.SUPPRESS)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help=argparse.SUPPRESS)
+    add_pipeline_args(parser)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.overrides)
+        child(args.child, args.conf, args.overrides, args.date)
         return
     workdir = args.workdir or tempfile.mkdtemp(prefix="etl-bench-")
-    report = [bench(n, workdir) for n in (args.events or [1_000_000])]
+    report = [bench(n, workdir, args) for n in (args.events or [1_000_000])]
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
         Path(args.out).write_text(text)
-    print(summary_line(report))
+    ratios = {f"ratio_{r['events_requested'] / 1e6:g}m": round(r["total_ratio_spark_over_duckdb"], 2) for r in report}
+    print(summary_line({**ratios, "runs": report}))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="config override (repeatable); paths.root is always a temporary folder")
     parser.add_argument("--json", dest="json_out", help="also write the figures to this JSON file")
+    parser.add_argument("--date", help="accepted like the other benchmarks' and unused: every day is generated")
     return parser.parse_args(argv)
 
 

@@ -30,7 +30,8 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from recpipe.als.topk import excluded_positions, keep_best, top_k_block
-from bench_summary import summary_line  # noqa: E402  (beside this script)
+from bench_pipeline import add_pipeline_args, pipeline_config  # noqa: E402  (beside this script)
+from bench_summary import summary_line  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,11 +41,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rank", type=int, default=64)
     parser.add_argument("--k", type=int, default=200)
     parser.add_argument("--seen", type=int, default=50, help="items excluded per user")
-    parser.add_argument("--item-block-size", type=int, default=20000, help="conf: als.item_block_size")
-    parser.add_argument("--user-block-size", type=int, default=1024, help="conf: als.user_block_size")
+    parser.add_argument("--item-block-size", type=int, help="default: the config's als.item_block_size")
+    parser.add_argument("--user-block-size", type=int, help="default: the config's als.user_block_size")
     parser.add_argument("--threads", type=int, default=2, help="BLAS and torch threads (spark.task.cpus)")
     parser.add_argument("--json", help="also write the report as JSON here")
-    return parser.parse_args(argv)
+    add_pipeline_args(parser)  # --date is not used: the factors are random
+    args = parser.parse_args(argv)
+    cfg, _ = pipeline_config(args)
+    args.item_block_size = args.item_block_size or cfg.als.item_block_size
+    args.user_block_size = args.user_block_size or cfg.als.user_block_size
+    return args
 
 
 def numpy_top_k(user_vectors, item_ids, item_vectors, seen, k, block_size):

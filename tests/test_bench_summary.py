@@ -22,3 +22,14 @@ def test_the_summary_flattens_nested_figures_and_leaves_out_what_is_not_a_scalar
 def test_every_benchmark_prints_the_summary_line():
     for script in sorted((REPO / "benchmarks").glob("*_bench.py")):
         assert "print(summary_line(" in script.read_text(), script.name
+
+
+def test_every_benchmark_takes_the_clis_conf_set_and_date():
+    import subprocess
+    import sys
+
+    for script in sorted((REPO / "benchmarks").glob("*_bench.py")):
+        shown = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120,
+                               cwd=REPO)
+        assert shown.returncode == 0, shown.stderr[-2000:]
+        assert all(f"--{flag}" in shown.stdout for flag in ("conf", "set", "date")), script.name
