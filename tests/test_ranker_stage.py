@@ -96,6 +96,8 @@ def test_the_als_run_is_in_mlflow_and_registered(chain):
     ours = [r for r in runs if r.data.metrics.get("als_recall_at_50") == pytest.approx(summary["als_recall_at_50"])
             and r.data.metrics.get("candidate_rows") == summary["candidate_rows"]]
     assert len(ours) == 1, "the ALS run of this date with these metrics is in MLflow"
+    parts = ("read_interactions_s", "fit_s", "write_factors_and_top_k_s", "metrics_s", "mlflow_s")
+    assert all(ours[0].data.metrics[p] == summary[p] > 0 for p in parts), "the stage's seconds per part"
     versions = client.search_model_versions("name='als-candidates'")
     assert ours[0].info.run_id in {v.run_id for v in versions}
 

@@ -17,8 +17,10 @@ from recpipe.config import AlsConfig, Config
 from recpipe.errors import ConfigError
 from recpipe.names import ALS_EXPERIMENT, ALS_MODEL
 from recpipe.schema import ALS_SCORE, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
+from recpipe.splits import parquet_rows
 from recpipe.spark import blas_implementation
 from recpipe.stage import Partition, Stage, days
+from recpipe.timing import Parts
 
 log = logging.getLogger("recpipe.als")
 
@@ -40,11 +42,14 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     log.info("Spark ML BLAS: %s", blas_implementation(spark))
     spark.sparkContext.setCheckpointDir(paths.join_uri(cfg.paths.root, "_checkpoints", "als"))
 
+    parts = Parts()
     events = io.read_days(spark, cfg, "events", *event_days(cfg, date))
-    interactions = build_interactions(
-        events, als_cfg.confidence_weights, date, als_cfg.train_days, als_cfg.decay_half_life_days
-    ).checkpoint()  # materialised and deterministic: ALS may recompute lost blocks from it
-    model = fit_als(interactions, als_cfg, blocks=max(spark.sparkContext.defaultParallelism, 2))
+    with parts("read_interactions"):
+        interactions = build_interactions(
+            events, als_cfg.confidence_weights, date, als_cfg.train_days, als_cfg.decay_half_life_days
+        ).checkpoint()  # materialised and deterministic: ALS may recompute lost blocks from it
+    with parts("fit"):
+        model = fit_als(interactions, als_cfg, blocks=max(spark.sparkContext.defaultParallelism, 2))
 
     seen = seen_items(interactions)
     candidates = top_k_candidates(
@@ -55,18 +60,33 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
         als_cfg.item_block_size,
         als_cfg.user_block_size,
     )
-    write_outputs(cfg, date, model, candidates)
-    candidates = io.read_path(spark, io.location(cfg, "als_candidates", date))
+    with parts("write_factors_and_top_k"):  # the top-K runs as its candidates are written
+        write_outputs(cfg, date, model, candidates)
+    location = io.location(cfg, "als_candidates", date)
+    candidates = io.read_path(spark, location)
 
-    metrics = evaluate(spark, cfg, date, events, interactions, seen, candidates)
-    summary = {
-        "interactions": interactions.count(),
-        "users_with_factors": model.userFactors.count(),
-        "candidate_rows": candidates.count(),
-        **metrics,
-    }
-    log_to_mlflow(cfg, date, als_cfg, model, interactions, summary)
-    return summary
+    with parts("metrics"):
+        metrics = evaluate(spark, cfg, date, events, interactions, seen, candidates)
+        summary = {
+            "interactions": interactions.count(),
+            "users_with_factors": model.userFactors.count(),
+            "candidate_rows": parquet_rows(location),
+            **metrics,
+        }
+    with parts("mlflow"):
+        run_id = log_to_mlflow(cfg, date, als_cfg, model, interactions, {**summary, **parts.seconds})
+    log_part_seconds(cfg, run_id, parts)
+    log.info("als %s: seconds per part: %s", date, parts.describe())
+    return {**summary, **parts.seconds}
+
+
+def log_part_seconds(cfg: Config, run_id: str, parts: Parts) -> None:
+    """The MLflow part's own seconds, added to the run after it ended."""
+    import mlflow
+
+    from recpipe.tracking import tracking_uri
+
+    mlflow.MlflowClient(tracking_uri(cfg)).log_metric(run_id, "mlflow_s", parts.seconds["mlflow_s"])
 
 
 def fit_als(interactions: DataFrame, als_cfg: AlsConfig, blocks: int) -> ALSModel:
@@ -160,13 +180,15 @@ def oracle_lists(spark: SparkSession, cfg: Config, date: dt.date, max_k: int) ->
     return ranked_lists(shown, "p_click", max_k)
 
 
-def log_to_mlflow(cfg: Config, date: dt.date, als_cfg: AlsConfig, model: ALSModel, interactions: DataFrame, summary: dict) -> None:
+def log_to_mlflow(cfg: Config, date: dt.date, als_cfg: AlsConfig, model: ALSModel, interactions: DataFrame,
+                  summary: dict) -> str:
+    """Log the run (parameters, metrics, config, input, the Spark model); returns its id."""
     import mlflow
     import mlflow.spark
 
     from recpipe.tracking import start_run
 
-    with start_run(cfg, ALS_EXPERIMENT, run_name=f"als-{date}", tags={"date": date.isoformat(), "stage": "als"}):
+    with start_run(cfg, ALS_EXPERIMENT, run_name=f"als-{date}", tags={"date": date.isoformat(), "stage": "als"}) as run:
         mlflow.log_params({k: v for k, v in cfg.to_dict()["als"].items()})
         mlflow.log_metrics({k: float(v) for k, v in summary.items()})
         mlflow.log_dict(cfg.to_dict(), "config.yaml")
@@ -179,6 +201,7 @@ def log_to_mlflow(cfg: Config, date: dt.date, als_cfg: AlsConfig, model: ALSMode
             artifact_path="als-model",
             registered_model_name=ALS_MODEL if als_cfg.register_model else None,
         )
+    return run.info.run_id
 
 
 def reads(cfg: Config, date: dt.date) -> list[Partition]:

@@ -36,7 +36,7 @@ from recpipe.schema import (
     USER_IDX,
     require_columns,
 )
-from recpipe.splits import split_location, wide_name
+from recpipe.splits import parquet_rows, split_location, wide_name
 
 log = logging.getLogger("recpipe.ranker")
 
@@ -134,13 +134,6 @@ def to_wide(frame: DataFrame, widths: Mapping[str, int]) -> DataFrame:
     return frame.select(*[c for c in frame.columns if c not in widths], *wide)
 
 
-def from_wide(frame: DataFrame, widths: Mapping[str, int]) -> DataFrame:
-    """The array columns back from their wide columns (for Spark aggregates over them)."""
-    arrays = [F.array(*[F.col(wide_name(name, j)) for j in range(width)]).alias(name) for name, width in widths.items()]
-    kept = [c for c in frame.columns if not any(c.startswith(name + "__") for name in widths)]
-    return frame.select(*kept, *arrays)
-
-
 def array_widths(meta: Mapping) -> dict[str, int]:
     """The length of each array column of D's samples, from their `_meta.json`."""
     length = int(meta["history_length"])
@@ -148,34 +141,35 @@ def array_widths(meta: Mapping) -> dict[str, int]:
             ITEM_DENSE: len(meta["item_dense_features"])}
 
 
-def dense_moments(train: DataFrame, column: str, dim: int) -> tuple[tuple, tuple]:
-    """Per-position mean and population std of an array column (Spark aggregates)."""
-    rows = (
-        train
-        .select(F.posexplode(column).alias("_pos", "_v"))
-        .groupBy("_pos")
-        .agg(F.avg("_v").alias("mean"), F.stddev_pop("_v").alias("std"))
-        .collect()
-    )
-    by_pos = {r["_pos"]: (r["mean"] or 0.0, r["std"] or 1.0) for r in rows}
-    return (tuple(float(by_pos.get(i, (0.0, 1.0))[0]) for i in range(dim)),
-            tuple(float(by_pos.get(i, (0.0, 1.0))[1]) for i in range(dim)))
+def train_statistics(train: DataFrame, widths: Mapping[str, int]) -> tuple[dict[str, float], tuple, tuple]:
+    """From the wide train split, in one Spark pass: the vocabulary sizes (largest item
+    and category index, candidates and histories) with the als_score moments, and the
+    per-position mean and population std of `user_dense` and of `item_dense` (std 0 or
+    undefined counts as 1)."""
+    def wide(name: str) -> list[str]:
+        return [wide_name(name, j) for j in range(widths[name])]
 
-
-def vocabulary_and_als_moments(train: DataFrame) -> dict[str, float]:
-    """Largest item and category index (candidates and histories) and the als_score moments."""
+    moments = [F.avg(c).alias(f"mean_{c}") for n in (USER_DENSE, ITEM_DENSE) for c in wide(n)]
+    moments += [F.stddev_pop(c).alias(f"std_{c}") for n in (USER_DENSE, ITEM_DENSE) for c in wide(n)]
     row = train.agg(
-        F.greatest(F.max(ITEM_IDX), F.max(F.array_max(HIST_ITEMS))).alias("max_item"),
-        F.greatest(F.max(CAT_IDX), F.max(F.array_max(HIST_CATS))).alias("max_cat"),
+        F.greatest(F.max(ITEM_IDX), *[F.max(c) for c in wide(HIST_ITEMS)]).alias("max_item"),
+        F.greatest(F.max(CAT_IDX), *[F.max(c) for c in wide(HIST_CATS)]).alias("max_cat"),
         F.avg(ALS_SCORE).alias("als_mean"),
         F.stddev_pop(ALS_SCORE).alias("als_std"),
+        *moments,
     ).first()
-    return {
+    vocab = {
         "item_vocab": int(row["max_item"] or 0) + 1,
         "cat_vocab": int(row["max_cat"] or 0) + 1,
         "als_mean": float(row["als_mean"] or 0.0),
         "als_std": float(row["als_std"] or 1.0),
     }
+
+    def dense(name: str) -> tuple[tuple, tuple]:
+        return (tuple(float(row[f"mean_{c}"] or 0.0) for c in wide(name)),
+                tuple(float(row[f"std_{c}"] or 1.0) for c in wide(name)))
+
+    return vocab, dense(USER_DENSE), dense(ITEM_DENSE)
 
 
 # --- I/O -----------------------------------------------------------------------------
@@ -231,16 +225,14 @@ def build_ranker_input(spark: SparkSession, cfg: Config, date: dt.date, meta: Ma
         .withColumn(DT, F.lit(date))
         .transform(lambda f: to_wide(f, array_widths(meta)))
     )
-    rows = {r[SPLIT]: int(r["count"]) for r in samples.groupBy(SPLIT).count().collect()}
+    rows = meta.get("rows") or {r[SPLIT]: int(r["count"]) for r in samples.groupBy(SPLIT).count().collect()}
     write_ranker_input(scored, cfg, date, rows, min_files)
 
-    written = {split: _count(spark, cfg, date, split) for split in SPLITS}
+    written = {split: _count(cfg, date, split) for split in SPLITS}  # from the files' footers
     if written[TRAIN] == 0:
         raise DataError(f"train: the samples of {date} have no train rows")
-    train = from_wide(io.read_path(spark, split_location(cfg, date, TRAIN)), array_widths(meta))
-    user_mean, user_std = dense_moments(train, USER_DENSE, user_dim)
-    item_mean, item_std = dense_moments(train, ITEM_DENSE, item_dim)
-    vocab = vocabulary_and_als_moments(train)
+    train = io.read_path(spark, split_location(cfg, date, TRAIN))
+    vocab, (user_mean, user_std), (item_mean, item_std) = train_statistics(train, array_widths(meta))
     return InputStats(
         rows=written,
         item_vocab=vocab["item_vocab"],
@@ -255,6 +247,6 @@ def build_ranker_input(spark: SparkSession, cfg: Config, date: dt.date, meta: Ma
     )
 
 
-def _count(spark: SparkSession, cfg: Config, date: dt.date, split: str) -> int:
+def _count(cfg: Config, date: dt.date, split: str) -> int:
     location = split_location(cfg, date, split)
-    return io.read_path(spark, location).count() if paths.exists(location) else 0
+    return parquet_rows(location) if paths.exists(location) else 0
