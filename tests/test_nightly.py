@@ -183,7 +183,11 @@ def test_the_nightly_records_each_stages_seconds_in_mlflow(scenario):
     assert first.data.metrics["total_seconds"] == pytest.approx(sum(expected.values()), abs=0.01)
     assert first.data.tags["score"] == "ok" and first.data.tags["date"] == D.isoformat()
     runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = 'nightly-{D}'")
-    assert len(runs) == 3  # first, eval_days, the forced promote; the nightly that skipped everything logs none
+    # first, eval_days, the broken train (a failed nightly logs too), the forced promote;
+    # the second nightly, which skipped everything, logs none.
+    assert len(runs) == 4
+    failed = [r for r in runs if r.data.tags.get("train") == "failed"]
+    assert len(failed) == 1 and set(failed[0].data.metrics) == {"train_seconds", "total_seconds"}
 
 
 def test_second_nightly_for_the_same_date_does_no_work_and_changes_no_output(scenario):

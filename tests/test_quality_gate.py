@@ -147,7 +147,10 @@ def test_a_bad_day_stops_the_nightly_before_features_with_exit_2(lake, capsys, d
     assert read_marker(cfg, D, "clean") is not None and read_marker(cfg, D, "quality") is None
     assert read_marker(cfg, D, "features") is None and io.location(cfg, "samples", D) is None
     runs_after, models_after = mlflow_state(cfg)
-    assert {run[3] for run in runs_after - runs_before} == {"clean"}  # only D's clean run, logged before the gate
+    new = runs_after - runs_before
+    assert {run[3] for run in new if run[0] != "recpipe-nightly"} == {"clean"}  # only D's clean run, before the gate
+    [nightly_run] = [run for run in new if run[0] == "recpipe-nightly"]  # and the night's seconds, which say so
+    assert nightly_run[2] == f"nightly-{D}"
     assert models_after == models_before
 
 
