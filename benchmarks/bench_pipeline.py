@@ -4,6 +4,9 @@ CLI takes them, and a data root where the nightly for D has run.
 `ensure_nightly` runs `scripts/run_local.sh` (what `make run` runs: generate, the days
 before D, the nightly of D) unless the root already holds D's finished nightly (the last
 nightly stage's marker); the stages skip what their markers say is done.
+
+Not a benchmark itself: each `*_bench.py` ends with its own `summary: key=value …` line
+(`bench_summary.summary_line`).
 """
 
 from __future__ import annotations

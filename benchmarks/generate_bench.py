@@ -10,6 +10,7 @@ work shares the machine; CPU time much less). With the default configuration (ab
 
 Peak RSS is the whole process (interpreter and imports included); the baseline before
 generating is printed beside it so the generator's own share is visible.
+Ends with `summary: lines=… lines_per_s=… peak_rss_mib=… …`.
 """
 
 from __future__ import annotations

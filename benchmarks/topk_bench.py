@@ -17,6 +17,8 @@ an error if they do not. Where two items score within rounding of each other the
 may list them in either order; the report counts those positions.
 
     .venv/bin/python benchmarks/topk_bench.py [--users 10000] [--threads 2] [--json out.json]
+
+Ends with `summary: top_k_block_s=… numpy_argpartition_s=… speed_up_vs_argpartition=… …`.
 """
 
 from __future__ import annotations

@@ -137,7 +137,7 @@ def log_ranker_model(weights: str, vocabulary: str, input_example: pd.DataFrame,
 def publish(spark: SparkSession, cfg: Config, date: dt.date, rc: RankerConfig, result: Mapping,
             vocabulary: pd.DataFrame, test: Mapping[str, np.ndarray] | None) -> dict[str, str]:
     """Log the attention model as a pyfunc into the active run; register it as a challenger."""
-    from recpipe.serving.scoring import save_vocabulary, save_weights
+    from recpipe.serving.scoring import dense_column, save_vocabulary, save_weights
 
     state = checkpoints.load(result["checkpoint"])
     dense_dim = int(state["model_config"]["item_dense_dim"])
@@ -145,17 +145,10 @@ def publish(spark: SparkSession, cfg: Config, date: dt.date, rc: RankerConfig, r
         weights, vocab = f"{tmp}/weights.pt", f"{tmp}/vocabulary.npz"
         save_weights(weights, state["model_config"], state["model_state"])
         save_vocabulary(vocab, vocabulary[ITEM_ID].to_numpy(), vocabulary[ITEM_IDX].to_numpy(),
-                        vocabulary[CAT_IDX].to_numpy(), _dense_matrix(vocabulary[ITEM_DENSE], dense_dim))
+                        vocabulary[CAT_IDX].to_numpy(),
+                        dense_column(vocabulary, ITEM_DENSE, len(vocabulary), dense_dim))
         example = input_example(spark, cfg, date, vocabulary, test)
         return log_ranker_model(weights, vocab, example, RANKER_MODEL if rc.register_model else None)
-
-
-def _dense_matrix(column: pd.Series, dim: int) -> np.ndarray:
-    out = np.full((len(column), dim), np.nan, np.float32)
-    for i, values in enumerate(column):
-        if values is not None and len(values) == dim:
-            out[i] = values
-    return out
 
 
 def input_example(spark: SparkSession, cfg: Config, date: dt.date, vocabulary: pd.DataFrame,

@@ -37,7 +37,7 @@ from recpipe.etl.vocabulary import snapshot_reads
 from recpipe.names import CHAMPION, RANKER_MODEL
 from recpipe.registry.promote import client_for, version_by_alias
 from recpipe.schema import HIST_ITEMS, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
-from recpipe.serving.scoring import ALS_SCORE, HISTORY, ITEM_DENSE, USER_DENSE, CandidateScorer
+from recpipe.serving.scoring import ALS_SCORE, HISTORY, ITEM_DENSE, USER_DENSE, CandidateScorer, dense_column
 from recpipe.stage import Partition, Stage
 from recpipe.tracking import tracking_uri
 
@@ -132,9 +132,7 @@ def item_dense_table(spark: SparkSession, cfg: Config, date: dt.date) -> np.ndar
         return np.full((1, 0), np.nan, np.float32)
     width = max(len(v) for v in items[ITEM_DENSE] if v is not None)
     table = np.full((int(items[ITEM_IDX].max()) + 1, width), np.nan, np.float32)
-    whole = np.array([v is not None and len(v) == width for v in items[ITEM_DENSE]])
-    if whole.any():
-        table[items[ITEM_IDX].to_numpy()[whole]] = np.stack(items[ITEM_DENSE].to_numpy()[whole])
+    table[items[ITEM_IDX].to_numpy()] = dense_column(items, ITEM_DENSE, len(items), width)
     return table
 
 

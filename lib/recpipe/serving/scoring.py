@@ -141,8 +141,8 @@ class CandidateScorer:
         rows = len(candidates)
         codes = self.index.get_indexer(candidates[ITEM_ID].astype(str))  # -1 = not in the dictionary
         history_codes, history_lengths = self._history_codes(candidates[HISTORY])
-        user_dense = _dense(candidates, USER_DENSE, rows, self.config.user_dense_dim)
-        item_dense = (_dense(candidates, ITEM_DENSE, rows, self.config.item_dense_dim)
+        user_dense = dense_column(candidates, USER_DENSE, rows, self.config.user_dense_dim)
+        item_dense = (dense_column(candidates, ITEM_DENSE, rows, self.config.item_dense_dim)
                       if ITEM_DENSE in candidates.columns else None)
         als = (candidates[ALS_SCORE].astype(float).fillna(0.0).to_numpy(np.float32)
                if ALS_SCORE in candidates.columns else np.zeros(rows, np.float32))
@@ -198,7 +198,7 @@ class CandidateScorer:
         return hist_items, hist_cats, np.minimum(kept, length)
 
 
-def _dense(candidates: pd.DataFrame, column: str, rows: int, dim: int) -> np.ndarray:
+def dense_column(candidates: pd.DataFrame, column: str, rows: int, dim: int) -> np.ndarray:
     """(rows, dim) float32 from a column of lists; absent, null or of another length = NaN
     (the training mean)."""
     out = np.full((rows, dim), np.nan, np.float32)
