@@ -394,8 +394,32 @@ def test_a_rerun_replaces_the_previous_output(tmp_path):
     assert len(list((tmp_path / "truth" / "impressions").iterdir())) == 2
 
 
+def test_items_of_one_brand_are_closer_than_items_of_one_category(generated, truth):
+    """The planted hierarchy, read back from the raw catalogue (the brand a user sees) and
+    the truth's vectors: brand, then category, then the rest; each item still its own point."""
+    cfg, manifest, _ = generated
+    catalogue = pd.concat(pd.read_json(p, lines=True) for p in Path(cfg.table_path("raw_items")).glob("*.jsonl.gz"))
+    items = truth[1].merge(catalogue[["item_id", "brand"]].rename(columns={"brand": "brand_name"}), on="item_id")
+    vectors = np.stack(items["vector"].to_numpy())
+    cos = vectors @ vectors.T
+    same_cat = items["category"].to_numpy()[:, None] == items["category"].to_numpy()[None, :]
+    same_brand = items["brand_name"].to_numpy()[:, None] == items["brand_name"].to_numpy()[None, :]
+    other = ~np.eye(len(items), dtype=bool)
+    brand_mean = cos[same_brand & other].mean()
+    category_mean = cos[same_cat & ~same_brand].mean()
+    assert brand_mean > category_mean + 0.1 > cos[~same_cat].mean() + 0.1
+    assert cos[same_brand & other].max() < 0.999  # no two items of a brand are the same point
+    # The residual is at least as large as the brand's offset, and the manifest says so.
+    assert items["residual_sq_norm"].mean() > items["brand_sq_norm"].mean()
+    hierarchy = manifest["hierarchy"]
+    assert hierarchy["cosine_same_brand"] > hierarchy["cosine_same_category_other_brand"] > hierarchy["cosine_other_category"]
+    assert abs(hierarchy["residual_sq_norm"] - items["residual_sq_norm"].mean()) < 0.1
+
+
 def test_impossible_settings_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="generate.items"):
         generate(tmp_path, *TINY, "generate.items=5")
     with pytest.raises(ConfigError, match="generate.late_rate"):
         generate(tmp_path, *TINY, "generate.late_rate=1.5")
+    with pytest.raises(ConfigError, match="generate.item_spread"):
+        generate(tmp_path, *TINY, "generate.brand_spread=1.2", "generate.item_spread=1.0")

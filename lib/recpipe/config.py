@@ -99,6 +99,7 @@ class GenerateConfig:
     categories: int
     brands_per_category: int
     latent_dim: int
+    brand_spread: float
     item_spread: float
     popularity_sigma: float
     price_median: float

@@ -48,7 +48,7 @@ from recpipe.generate.tokens import (
     epoch_ms,
     event_records,
 )
-from recpipe.generate.truth import impression_truth, item_truth, user_truth
+from recpipe.generate.truth import hierarchy_summary, impression_truth, item_truth, user_truth
 from recpipe.generate.world import (
     STREAM_BOTS,
     STREAM_DAY,
@@ -108,6 +108,7 @@ def run(cfg) -> dict:
         "days": days,
         "totals": sum_days(list(days.values())),
         "truth": {**truth, "ctr": truth["clicked"] / max(truth["impressions"], 1)},
+        "hierarchy": hierarchy_summary(world),
     }
     write_json(cfg.table_path("manifest"), manifest)
     return manifest

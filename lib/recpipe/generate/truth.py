@@ -42,15 +42,44 @@ def impression_truth(events: pd.DataFrame, seq: np.ndarray, day_index: int, nami
 
 
 def item_truth(world: World, naming: Naming) -> pa.Table:
-    """Each item's category, popularity and hidden vector."""
+    """Each item's category, brand, popularity and hidden vector, with how much of the
+    vector is its category's centre, its brand's offset and its own residual: the squared
+    norms of the three parts before normalisation (the centre's is 1)."""
     dim = world.item_vectors.shape[1]
     vectors = pa.FixedSizeListArray.from_arrays(pa.array(world.item_vectors.ravel()), dim)
+    offsets = world.brand_offsets[world.item_category, world.item_brand]
     return pa.table({
         "item_id": naming.item_ids(np.arange(world.n_items)),
         "category": category_names(len(world.category_centres)).take(pa.array(world.item_category)),
+        "brand": pa.array(world.item_brand),
         "popularity": pa.array(world.item_popularity),
         "vector": pc.cast(vectors, pa.list_(pa.float32())),
+        "brand_sq_norm": pa.array(np.square(offsets).sum(axis=1)),
+        "residual_sq_norm": pa.array(np.square(world.item_residuals).sum(axis=1)),
     })
+
+
+def hierarchy_summary(world: World, pairs: int = 20_000, seed: int = 0) -> dict[str, float]:
+    """For the manifest: the mean squared norm of the brand offsets and the residuals, and
+    the mean cosine of random item pairs of one brand, of one category (other brands)
+    and of other categories."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, world.n_items, size=(2, pairs))
+    cos = (world.item_vectors[a] * world.item_vectors[b]).sum(axis=1)
+    same_cat = world.item_category[a] == world.item_category[b]
+    same_brand = same_cat & (world.item_brand[a] == world.item_brand[b])
+    offsets = world.brand_offsets[world.item_category, world.item_brand]
+
+    def mean(mask: np.ndarray) -> float:
+        return float(cos[mask & (a != b)].mean()) if (mask & (a != b)).any() else float("nan")
+
+    return {
+        "brand_sq_norm": float(np.square(offsets).sum(axis=1).mean()),
+        "residual_sq_norm": float(np.square(world.item_residuals).sum(axis=1).mean()),
+        "cosine_same_brand": mean(same_brand),
+        "cosine_same_category_other_brand": mean(same_cat & ~same_brand),
+        "cosine_other_category": mean(~same_cat),
+    }
 
 
 def user_truth(world: World, gen, naming: Naming) -> pa.Table:

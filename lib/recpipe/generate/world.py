@@ -1,8 +1,19 @@
 """The hidden world: categories, items and users, with their latent vectors.
 
 Everything here is drawn once per seed and never changes across days: category centres
-(unit vectors), items scattered around their category's centre, heavy-tailed item
-popularity, brands and prices per category, and each user's interest categories.
+(unit vectors), brands inside each category, items, heavy-tailed item popularity, prices
+per category, and each user's interest categories.
+
+The catalogue is hierarchical, as real ones are. An item's hidden vector is
+
+    unit(category centre + brand offset + item residual)
+
+with the centre of norm 1, the brand offset of norm about `generate.brand_spread` and the
+residual of norm about `generate.item_spread` (each drawn isotropically). Items of one
+brand are closer than items of one category (cosine about (1 + b^2) / (1 + b^2 + r^2)
+against 1 / (1 + b^2 + r^2)), so brand and category are informative side information;
+the residual is at least as large as the brand offset (`check_hierarchy`), so which item,
+not only which brand, still matters. `item_truth` records each item's parts.
 """
 
 from __future__ import annotations
@@ -39,6 +50,8 @@ class World:
         item_popularity: (I,) float64, positive, heavy-tailed.
         item_popularity_z: (I,) float32 standardised log popularity.
         item_brand: (I,) int32 brand number inside the item's category.
+        brand_offsets: (C, B, D) float32 offset of each (category, brand) from its centre.
+        item_residuals: (I, D) float32 each item's own part, before normalisation.
         item_price: (I,) float64 catalogue price, rounded to cents.
         user_interests: (U, K) int32 interest categories, -1 where a user has fewer than K.
         items_by_category: (I,) int32 item indexes sorted by category (stable).
@@ -53,6 +66,8 @@ class World:
     item_popularity: np.ndarray
     item_popularity_z: np.ndarray
     item_brand: np.ndarray
+    brand_offsets: np.ndarray
+    item_residuals: np.ndarray
     item_price: np.ndarray
     user_interests: np.ndarray
     items_by_category: np.ndarray
@@ -76,12 +91,13 @@ class World:
 
 def build_world(gen, rng: np.random.Generator) -> World:
     """Draw the catalogue and the users for a `GenerateConfig`."""
+    check_hierarchy(gen)
     centres = unit_rows(rng.standard_normal((gen.categories, gen.latent_dim)))
     item_category = draw_item_categories(gen, rng)
-    # Noise of norm ~item_spread around the centre: items of one category are alike
-    # (cosine ~ 1 / (1 + spread^2)) but each is its own point, so "which item" matters.
-    noise = rng.standard_normal((gen.items, gen.latent_dim)) * (gen.item_spread / np.sqrt(gen.latent_dim))
-    item_vectors = unit_rows(centres[item_category] + noise).astype(np.float32)
+    item_brand = rng.integers(0, gen.brands_per_category, size=gen.items).astype(np.int32)
+    brand_offsets = isotropic(rng, (gen.categories, gen.brands_per_category, gen.latent_dim), gen.brand_spread)
+    residuals = isotropic(rng, (gen.items, gen.latent_dim), gen.item_spread)
+    item_vectors = unit_rows(centres[item_category] + brand_offsets[item_category, item_brand] + residuals)
     popularity = rng.lognormal(0.0, gen.popularity_sigma, size=gen.items)
     log_pop = np.log(popularity)
     popularity_z = ((log_pop - log_pop.mean()) / log_pop.std()).astype(np.float32)
@@ -92,16 +108,32 @@ def build_world(gen, rng: np.random.Generator) -> World:
     return World(
         category_centres=centres.astype(np.float32),
         item_category=item_category,
-        item_vectors=item_vectors,
+        item_vectors=item_vectors.astype(np.float32),
         item_popularity=popularity,
         item_popularity_z=popularity_z,
-        item_brand=rng.integers(0, gen.brands_per_category, size=gen.items).astype(np.int32),
+        item_brand=item_brand,
+        brand_offsets=brand_offsets.astype(np.float32),
+        item_residuals=residuals.astype(np.float32),
         item_price=draw_prices(gen, item_category, rng),
         user_interests=draw_interests(gen, rng),
         items_by_category=by_category,
         category_popularity_bounds=bounds,
         category_popularity_cum=cum,
     )
+
+
+def check_hierarchy(gen) -> None:
+    """ConfigError unless the spreads keep both levels of the hierarchy meaningful."""
+    if gen.brand_spread < 0:
+        raise ConfigError(f"generate.brand_spread={gen.brand_spread} must be >= 0")
+    if gen.item_spread < gen.brand_spread:
+        raise ConfigError(f"generate.item_spread={gen.item_spread} must be at least generate.brand_spread="
+                          f"{gen.brand_spread}: an item's own residual must matter as much as its brand")
+
+
+def isotropic(rng: np.random.Generator, shape: tuple, norm: float) -> np.ndarray:
+    """Gaussian vectors along the last axis whose expected squared norm is norm^2."""
+    return rng.standard_normal(shape) * (norm / np.sqrt(shape[-1]))
 
 
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
