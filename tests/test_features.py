@@ -36,9 +36,9 @@ def before(days: int, hours: int = 0, minutes: int = 0, seconds: int = 0) -> dt.
     return at(D - dt.timedelta(days=days), hours, minutes, seconds)
 
 
-def event(event_id, user, item, event_type, when, request=None):
+def event(event_id, user, item, event_type, when, request=None, position=None):
     """A row of EVENTS_SCHEMA."""
-    return (event_id, f"u{user}", f"i{item}", user, item, event_type, when, None, request, None, None, None, None)
+    return (event_id, f"u{user}", f"i{item}", user, item, event_type, when, None, request, position, None, None, None)
 
 
 def events_frame(spark, rows):
@@ -88,13 +88,13 @@ def test_each_impression_sees_only_interactions_strictly_before_it(spark):
 
     since = before(1)
     interactions = spark.createDataFrame(
-        [(1, item, item + 100, ms(before(3, item)), f"old{item}") for item in range(1, 6)]  # 5 before `since`
+        [(1, item, item + 100, item + 200, ms(before(3, item)), f"old{item}") for item in range(1, 6)]  # 5 before `since`
         + [
-            (1, 6, 106, ms(before(1, 10)), "cart-same-ts"),     # same ts as impression i1
-            (1, 7, 107, ms(before(1, 10, 0, 1)), "click-i1"),   # i1's own click, 1 s later
-            (2, 21, 121, ms(before(2)), "u2-old"),
+            (1, 6, 106, 206, ms(before(1, 10)), "cart-same-ts"),     # same ts as impression i1
+            (1, 7, 107, 207, ms(before(1, 10, 0, 1)), "click-i1"),   # i1's own click, 1 s later
+            (2, 21, 121, 221, ms(before(2)), "u2-old"),
         ],
-        "user_idx int, item_idx int, cat_idx int, ts_ms long, event_id string",
+        "user_idx int, item_idx int, cat_idx int, brand_idx int, ts_ms long, event_id string",
     )
     impressions = spark.createDataFrame(
         [
@@ -108,16 +108,16 @@ def test_each_impression_sees_only_interactions_strictly_before_it(spark):
     )
 
     out = {
-        r["event_id"]: (r["hist_items"], r["hist_cats"], r["hist_len"], r["request_id"], r["item_idx"])
+        r["event_id"]: (r["hist_items"], r["hist_cats"], r["hist_len"], r["request_id"], r["item_idx"], r["hist_brands"])
         for r in attach_histories(impressions, interactions, history_length=3, since_ms=ms(since)).collect()
     }
 
     assert out == {
-        "i0": ([3, 4, 5], [103, 104, 105], 3, "r0", 9),
-        "i1": ([3, 4, 5], [103, 104, 105], 3, "r1", 7),   # neither its own click nor the same-ts cart
-        "i2": ([5, 6, 7], [105, 106, 107], 3, "r2", 8),   # a later impression does see i1's click
-        "j1": ([0, 0, 21], [0, 0, 121], 1, "r3", 22),
-        "k1": ([0, 0, 0], [0, 0, 0], 0, "r4", 31),
+        "i0": ([3, 4, 5], [103, 104, 105], 3, "r0", 9, [203, 204, 205]),
+        "i1": ([3, 4, 5], [103, 104, 105], 3, "r1", 7, [203, 204, 205]),   # neither its own click nor the same-ts cart
+        "i2": ([5, 6, 7], [105, 106, 107], 3, "r2", 8, [205, 206, 207]),   # a later impression does see i1's click
+        "j1": ([0, 0, 21], [0, 0, 121], 1, "r3", 22, [0, 0, 221]),
+        "k1": ([0, 0, 0], [0, 0, 0], 0, "r4", 31, [0, 0, 0]),
     }
 
 
@@ -310,20 +310,20 @@ def synthetic_events(seed: int = 0) -> list[tuple]:
     rng = np.random.default_rng(seed)
     out, n = [], 0
 
-    def add(user, item, event_type, when, request=None, file_day=None):
+    def add(user, item, event_type, when, request=None, file_day=None, position=None):
         nonlocal n
         n += 1
         late = file_day is None and rng.random() < 0.05
         out.append((file_day or when.date() + dt.timedelta(days=int(late)),
-                    event(f"e{n:05d}", user, item, event_type, when, request)))
+                    event(f"e{n:05d}", user, item, event_type, when, request, position)))
 
     for day in (D + dt.timedelta(days=i) for i in range(-4, 2)):
         for user in range(1, 31):
             for r in range(3):
                 shown = at(day) + dt.timedelta(seconds=int(rng.integers(0, 86_400 - 5_000)))
                 request = f"{day}-{user}-{r}"
-                for item in rng.choice(np.arange(1, ITEMS + 1), size=4, replace=False).tolist():
-                    add(user, item, "impression", shown, request)
+                for slot, item in enumerate(rng.choice(np.arange(1, ITEMS + 1), size=4, replace=False).tolist()):
+                    add(user, item, "impression", shown, request, position=slot)
                     if rng.random() < 0.25:
                         clicked = shown + dt.timedelta(seconds=int(rng.integers(1, 600)))
                         add(user, item, "click", clicked, request)
@@ -352,7 +352,8 @@ def catalogue_rows(snapshot: dt.date) -> list[tuple]:
     rows = []
     for item in range(1, ITEMS):
         price = 50.0 if item == NEW_PRICE_ITEM and snapshot >= D - dt.timedelta(days=1) else 5.0 + item
-        rows.append((f"i{item}", item, f"c{item % 4}", item % 4 + 1, "b", price, f"t{item}", snapshot))
+        rows.append((f"i{item}", item, f"c{item % 4}", item % 4 + 1, f"b{item % 3}", item % 3 + 1, price, f"t{item}",
+                     snapshot))
     return rows
 
 
@@ -376,7 +377,7 @@ def lake(spark, tmp_path_factory):
     catalogue = [row for snap in (D - dt.timedelta(days=4), D - dt.timedelta(days=1)) for row in catalogue_rows(snap)]
     io.write_days(
         spark.createDataFrame(catalogue, "item_id string, item_idx int, category string, cat_idx int, brand string, "
-                                         "price double, title string, dt date"),
+                                         "brand_idx int, price double, title string, dt date"),
         cfg, "catalogue", files=1,
     )
 
@@ -561,6 +562,18 @@ def test_each_split_gets_at_least_min_files_and_no_file_over_the_record_cap():
     assert files_for(100_000, min_files=16, max_records_per_file=1000) == 100
 
 
+def test_samples_carry_the_logged_position_and_the_brands_of_the_candidate_and_its_history(lake):
+    cfg, events = lake["cfg"], visible(lake["events"])
+    samples = read_output(cfg, "samples").set_index("event_id")
+    logged = events.set_index("event_id").position.reindex(samples.index)
+    assert (samples.position == logged.fillna(-1).astype(int)).all()  # -1 where the log has no position
+    assert set(samples.position) == {-1, 0, 1, 2, 3}
+    brand_of = lambda item: item % 3 + 1 if 0 < item < ITEMS else 0  # noqa: E731  (item 24 is not in the catalogue)
+    assert (samples.brand_idx == samples.item_idx.map(brand_of)).all()
+    for items, brands in zip(samples.hist_items, samples.hist_brands):
+        assert list(brands) == [brand_of(i) for i in items]  # padding (0) has brand 0 too
+
+
 def test_samples_have_petastorm_types_and_enough_row_groups(spark, lake):
     import pyarrow.parquet as pq
     import torch
@@ -575,8 +588,9 @@ def test_samples_have_petastorm_types_and_enough_row_groups(spark, lake):
     assert sum(pq.ParquetFile(f).num_row_groups for f in files) >= 3    # Petastorm shards by row group
     schema = pq.read_schema(files[0])
     assert {name: str(schema.field(name).type).replace(" not null", "") for name in schema.names} == {
-        "event_id": "string", "user_idx": "int32", "item_idx": "int32", "cat_idx": "int32", "label": "float",
-        "hist_items": "list<element: int32>", "hist_cats": "list<element: int32>", "hist_len": "int32",
+        "event_id": "string", "user_idx": "int32", "item_idx": "int32", "cat_idx": "int32", "brand_idx": "int32",
+        "position": "int32", "label": "float", "hist_items": "list<element: int32>",
+        "hist_cats": "list<element: int32>", "hist_brands": "list<element: int32>", "hist_len": "int32",
         "user_dense": "list<element: float>", "item_dense": "list<element: float>", "ts_ms": "int64",
     }
     assert files[0].read_bytes()[:4] == b"PAR1" and pq.ParquetFile(files[0]).metadata.row_group(0).column(0) \

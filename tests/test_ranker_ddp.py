@@ -65,8 +65,9 @@ def test_two_gloo_ranks_through_torch_distributor_end_with_identical_parameters(
 
 @pytest.mark.spark
 def test_row_groups_split_unevenly_across_ranks_finish_without_hanging(spark, tmp_path):
-    # Petastorm deals row groups by index: rank 0 reads 600 + 40 rows, rank 1 only 90.
-    # Both still take exactly 2 x ceil(730 / 64) steps; rank 1 wraps around its shard.
+    # Petastorm deals the 3 row groups to 2 ranks: one reads two of them, the other one
+    # (as few as 40 rows). Both still take exactly 2 x ceil(730 / 64) steps; the smaller
+    # shard wraps around.
     spec = job(tmp_path, [600, 90, 40], epochs=2)
 
     result = distributor().run(train, spec)
@@ -88,9 +89,44 @@ def test_resume_after_epoch_1_reaches_the_same_step_count_with_the_optimizer_sta
 
     assert resumed["steps"] == full["steps"] == 2 * steps_per_epoch(600, 64) == 20
     assert resumed["epochs"] == 2 and [h["epoch"] for h in resumed["history"]] == [1, 2]
-    state = checkpoints.load(resumed["checkpoint"])
+    state = checkpoints.load(checkpoints.latest(spec.checkpoint_dir))
     adam_steps = {float(s["step"]) for s in state["optimizer_state"]["state"].values()}
     assert adam_steps == {20.0}  # restored at 10 and continued; a fresh optimizer would say 10
+    # The weights kept are the best epoch's by valid AUC.
+    best = max(resumed["history"], key=lambda h: h["valid_auc"])["epoch"]
+    assert resumed["best_epoch"] == best and resumed["checkpoint"] == checkpoints.at_epoch(spec.checkpoint_dir, best)
+
+
+@pytest.mark.spark
+def test_two_trainings_with_one_seed_end_with_the_same_weights_and_another_seed_does_not(spark, tmp_path):
+    """Runs repeat: the same seed gives bit-identical weights on 2 gloo ranks (one reader
+    thread per rank, rows shuffled inside row groups), so the test AUCs match to far more
+    than 4 decimals; a different seed trains other weights."""
+    spec = job(tmp_path / "a", [200, 200, 200, 200], epochs=2, shuffle_queue=0)
+    first = distributor().run(train, spec)
+    again = distributor().run(train, TrainJob(**{**spec.to_dict(), "checkpoint_dir": str(tmp_path / "again")}))
+    other = distributor().run(train, TrainJob(**{**spec.to_dict(), "checkpoint_dir": str(tmp_path / "other"),
+                                                 "seed": 4}))
+    assert first["checksums"][0] == again["checksums"][0]
+    assert [h["valid_auc"] for h in first["history"]] == [h["valid_auc"] for h in again["history"]]
+    assert other["checksums"][0] != first["checksums"][0]
+
+
+def test_early_stopping_stops_after_the_patience_and_keeps_the_best_epoch(tmp_path):
+    from recpipe.ranker.trainer import Trainer
+
+    trainer = Trainer.__new__(Trainer)  # the stopping rule alone, on a given history
+    trainer.job = job(tmp_path, [64], early_stopping_patience=2)
+    aucs = [0.60, 0.70, 0.69, 0.71, 0.70, 0.70]
+    stops = []
+    for epoch, value in enumerate(aucs, start=1):
+        trainer.history = [{"epoch": e, "valid_auc": v} for e, v in enumerate(aucs[:epoch], start=1)]
+        trainer.epoch = epoch
+        stops.append(trainer.stalled())
+    assert stops == [False, False, False, False, False, True]  # two epochs after the best (4) without a better one
+    assert trainer.best_epoch() == 4
+    trainer.job = TrainJob(**{**trainer.job.to_dict(), "early_stopping_patience": 0})
+    assert not trainer.stalled()  # 0: every epoch is trained, the best still kept
 
 
 def test_resume_with_no_checkpoint_trains_from_the_start(tmp_path):

@@ -71,13 +71,14 @@ def sample_rows(rng, n: int, split: str, days: list[dt.date], L: int = 4):
         dense_u = None if i == 0 and split == "train" else [float(x) for x in rng.normal(size=2)]
         rows.append((f"{split}-{i}", int(rng.integers(1, 6)), int(rng.integers(1, 25)), int(rng.integers(1, 5)),
                      float(rng.integers(0, 2)), hist, [h % 4 for h in hist], hist_len, dense_u,
-                     [float(x) for x in rng.normal(size=3)], ms(days[i % len(days)]), split))
+                     [float(x) for x in rng.normal(size=3)], ms(days[i % len(days)]), int(rng.integers(0, 9)),
+                     int(rng.integers(-1, 8)), [h % 3 for h in hist], split))
     return rows
 
 
 SAMPLES_SCHEMA = ("event_id string, user_idx int, item_idx int, cat_idx int, label float, hist_items array<int>, "
                   "hist_cats array<int>, hist_len int, user_dense array<float>, item_dense array<float>, "
-                  "ts_ms long, split string")
+                  "ts_ms long, brand_idx int, position int, hist_brands array<int>, split string")
 
 
 def test_ranker_input_is_written_per_split_with_scores_and_train_statistics(spark, make_config):
@@ -125,6 +126,8 @@ def test_ranker_input_is_written_per_split_with_scores_and_train_statistics(spar
     # Statistics from the train split only.
     assert stats.item_vocab == 1 + max(max(train["item_idx"]), train["hist_items"].max())
     assert stats.cat_vocab == 1 + max(max(train["cat_idx"]), train["hist_cats"].max())
+    assert stats.brand_vocab == 1 + max(max(train["brand_idx"]), train["hist_brands"].max())
+    assert train["position"].tolist() == [by_event[e][12] for e in train["event_id"]]
     assert stats.user_dense_mean == pytest.approx(train["user_dense"].mean(axis=0).tolist(), abs=1e-6)
     assert stats.item_dense_std == pytest.approx(train["item_dense"].std(axis=0).tolist(), abs=1e-6)
     assert stats.als_score_mean == pytest.approx(float(train["als_score"].mean()), abs=1e-6)
@@ -149,3 +152,16 @@ def test_ranker_input_is_written_per_split_with_scores_and_train_statistics(spar
     streamed = {c: np.concatenate([b[c].numpy() for b in batches]) for c in TRAIN_COLUMNS}
     assert streamed["hist_items"].shape == (40, 4) and streamed["user_dense"].shape == (40, 2)
     assert row_keys(streamed, 40) == row_keys(train, 40)
+
+    # Two ranks with one seed read disjoint shards that together hold every row group:
+    # Petastorm shuffles the row groups with the seed before dealing them out.
+    shards = []
+    for rank in (0, 1):
+        with TrainStream(split_location(cfg, D, "train"), batch_size=1, rank=rank, world=2, seed=3,
+                         shuffle_queue=0, workers=1) as stream:
+            seen: list[tuple] = []
+            while not seen or seen[-1] not in seen[:-1]:  # the stream wraps round: stop at the first repeat
+                batch = {c: v.numpy() for c, v in next(stream).items()}
+                seen.append(row_keys(batch, 1)[0])
+        shards.append(set(seen[:-1]))
+    assert not shards[0] & shards[1] and shards[0] | shards[1] == set(row_keys(train, 40))

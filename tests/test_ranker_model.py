@@ -5,17 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 from recpipe.serving.layers import MLP, AttentionPooling, Dice, MeanPooling, PReLU, masked_positions
-from recpipe.serving.model import RankerModelConfig, build_model
+from recpipe.serving.model import INPUTS, RankerModelConfig, build_model
 
 from tests.conftest import network_settings
 
 pytestmark = pytest.mark.timeout(60)
 
 B, L, U, I = 6, 5, 3, 2
+ITEM, CAT, BRAND, HIST_ITEMS, HIST_CATS, HIST_BRANDS, HIST_LEN = range(7)
+POSITION = INPUTS.index("position")
 
 
 def config(**overrides) -> RankerModelConfig:
-    values = {**network_settings(), "pooling": "attention", "item_vocab": 30, "cat_vocab": 6, "history_length": L,
+    values = {**network_settings(), "pooling": "attention", "item_vocab": 30, "cat_vocab": 6, "brand_vocab": 8,
+              "history_length": L,
               "user_dense_dim": U, "item_dense_dim": I, "item_embedding_dim": 4, "cat_embedding_dim": 2,
               "attention_hidden": (8,), "head_hidden": (8, 4), "dropout": 0.0,
               "user_dense_mean": (1.0, 2.0, 3.0), "user_dense_std": (1.0, 0.0, 2.0)}
@@ -31,22 +34,26 @@ def batch(seed: int = 0) -> list[torch.Tensor]:
     return [
         torch.randint(1, 30, (B,), generator=g),            # item_idx
         torch.randint(1, 6, (B,), generator=g),             # cat_idx
+        torch.randint(1, 8, (B,), generator=g),             # brand_idx
         hist_items,                                         # hist_items
         torch.where(hist_items > 0, hist_items % 5 + 1, 0),  # hist_cats
+        torch.where(hist_items > 0, hist_items % 7 + 1, 0),  # hist_brands
         hist_len,                                           # hist_len
         torch.randn(B, U, generator=g),                     # user_dense
         torch.randn(B, I, generator=g),                     # item_dense
         torch.randn(B, generator=g),                        # als_score
+        torch.arange(B),                                    # position
     ]
 
 
 def scramble_padding(inputs: list[torch.Tensor], seed: int = 1) -> list[torch.Tensor]:
     """The same batch with random (even out-of-vocabulary) ids at every padded position."""
     out = [t.clone() for t in inputs]
-    padded = masked_positions(inputs[4], L).logical_not()
+    padded = masked_positions(inputs[HIST_LEN], L).logical_not()
     g = torch.Generator().manual_seed(seed)
-    out[2][padded] = torch.randint(1, 10_000, (int(padded.sum()),), generator=g)
-    out[3][padded] = torch.randint(1, 6, (int(padded.sum()),), generator=g)
+    out[HIST_ITEMS][padded] = torch.randint(1, 10_000, (int(padded.sum()),), generator=g)
+    out[HIST_CATS][padded] = torch.randint(1, 6, (int(padded.sum()),), generator=g)
+    out[HIST_BRANDS][padded] = torch.randint(1, 8, (int(padded.sum()),), generator=g)
     return out
 
 
@@ -69,7 +76,7 @@ def test_ids_at_padded_positions_change_nothing(pooling, weighting):
     logits2, weights2 = model.forward_with_weights(*scramble_padding(inputs))
     assert torch.equal(logits, logits2)  # bit for bit, not approximately
     assert torch.equal(weights, weights2)
-    assert (weights[masked_positions(inputs[4], L).logical_not()] == 0).all()
+    assert (weights[masked_positions(inputs[HIST_LEN], L).logical_not()] == 0).all()
 
 
 @pytest.mark.parametrize("weighting", ["sigmoid", "softmax"])
@@ -90,7 +97,7 @@ def test_padded_history_values_contribute_nothing_to_attention_pooling_even_inf(
 def test_padding_gets_no_gradient_and_no_nan_with_empty_histories():
     model = build_model(config(attention_weighting="softmax", activation="prelu"))
     inputs = batch()
-    inputs[4] = torch.zeros(B, dtype=torch.long)  # every history empty
+    inputs[HIST_LEN] = torch.zeros(B, dtype=torch.long)  # every history empty
     model(*inputs).sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
@@ -115,7 +122,7 @@ def test_shapes_of_every_layer_and_model(activation):
     model = build_model(config(activation=activation))
     logits, weights = model.forward_with_weights(*batch())
     assert logits.shape == (B,) and weights.shape == (B, L)
-    assert model.embed(torch.tensor([[1, 2]]), torch.tensor([[1, 2]])).shape == (1, 2, 6)
+    assert model.embed(torch.tensor([[1, 2]]), torch.tensor([[1, 2]]), torch.tensor([[1, 2]])).shape == (1, 2, 6)
 
 
 def test_unknown_ids_map_to_index_0_and_do_not_crash():
@@ -123,11 +130,12 @@ def test_unknown_ids_map_to_index_0_and_do_not_crash():
     model = build_model(config()).eval()
     inputs = batch()
     unknown = [t.clone() for t in inputs]
-    unknown[0][:] = torch.tensor([30, 31, 10_000, -1, 2**31 - 1, 45])  # item_vocab is 30
-    unknown[1][:] = 99                                                  # cat_vocab is 6
+    unknown[ITEM][:] = torch.tensor([30, 31, 10_000, -1, 2**31 - 1, 45])  # item_vocab is 30
+    unknown[CAT][:] = 99                                                   # cat_vocab is 6
+    unknown[BRAND][:] = 8                                                  # brand_vocab is 8
     zeros = [t.clone() for t in inputs]
-    zeros[0][:] = 0
-    zeros[1][:] = 0
+    for column in (ITEM, CAT, BRAND):
+        zeros[column][:] = 0
     assert torch.isfinite(model(*unknown)).all()
     assert torch.equal(model(*unknown), model(*zeros))
     assert model.known(torch.tensor([0, 5, 29, 30, -3]), 30).tolist() == [0, 5, 29, 0, 0]
@@ -153,9 +161,61 @@ def test_embedding_init_std_scales_only_the_embeddings():
     default = build_model(config())
     torch.manual_seed(3)
     small = build_model(config(embedding_init_std=0.01))
-    for name, table in (("item", small.item_embedding), ("cat", small.cat_embedding)):
+    for name, table in (("cat", small.cat_embedding), ("brand", small.brand_embedding)):
         reference = getattr(default, f"{name}_embedding").weight
         assert torch.allclose(table.weight, reference * 0.01), name  # the same draw, scaled
         assert torch.all(table.weight[0] == 0), name  # the padding/unknown row stays zero
     rest = {k: v for k, v in small.state_dict().items() if "embedding" not in k}
     assert all(torch.equal(v, default.state_dict()[k]) for k, v in rest.items())  # every other weight unchanged
+
+
+def test_the_item_rows_start_small_so_an_item_starts_as_its_brand_and_category():
+    torch.manual_seed(3)
+    default = build_model(config(item_init_std=-1.0))  # < 0: the embeddings' std
+    torch.manual_seed(3)
+    small = build_model(config(item_init_std=0.01))
+    assert torch.allclose(small.item_embedding.weight, default.item_embedding.weight * 0.01)
+    items, cats, brands = torch.tensor([3, 17]), torch.tensor([2, 2]), torch.tensor([5, 5])
+    represented = small.embed(items, cats, brands)
+    # Two items of one brand and category are almost the same point before training...
+    assert torch.allclose(represented[0], represented[1], atol=0.1)
+    # ...and an item the network never saw (index 0) is exactly its brand and category.
+    unseen = small.embed(torch.tensor([0]), cats[:1], brands[:1])[0]
+    brand_and_cat = torch.cat([small.brand_embedding.weight[5], small.cat_embedding.weight[2]])
+    assert torch.equal(unseen, brand_and_cat)
+
+
+def test_position_shifts_the_logit_by_its_tower_alone_and_unknown_is_a_constant():
+    torch.manual_seed(0)
+    model = build_model(config(position_buckets=4)).eval()
+    with torch.no_grad():
+        model.position_tower.weight[1:, 0] = torch.tensor([0.5, 0.2, -0.3])  # slots 0, 1, and 2 and later
+    inputs = batch()
+    at = lambda slot: [*inputs[:POSITION], torch.full((B,), slot)]  # noqa: E731
+    unknown = model(*inputs[:POSITION])  # what scoring does: no position
+    assert torch.equal(model(*at(-1)), unknown)
+    assert torch.allclose(model(*at(0)) - unknown, torch.full((B,), 0.5))
+    assert torch.allclose(model(*at(1)) - unknown, torch.full((B,), 0.2))
+    assert torch.allclose(model(*at(7)) - unknown, torch.full((B,), -0.3))  # every later slot shares a row
+    assert torch.equal(model.position_tower.weight[0], torch.zeros(1))  # the unknown row is padding: never trained
+
+
+def test_a_config_of_an_earlier_version_builds_the_network_it_was_trained_with():
+    earlier = {k: v for k, v in config().to_dict().items()
+               if k not in ("brand_vocab", "item_init_std", "position_buckets", "attention_similarity")}
+    model = build_model(earlier)
+    assert model.brand_embedding is None and model.position_tower is None
+    assert model.pooling.log_temperature is None
+    assert not any(k.startswith(("brand_embedding", "position_tower")) for k in model.state_dict())
+
+
+def test_the_cosine_term_lets_attention_pick_the_most_similar_item():
+    pool = AttentionPooling(4, (8,), "softmax", similarity="cosine")
+    with torch.no_grad():
+        for p in pool.unit.parameters():
+            p.zero_()  # the MLP unit says nothing: only the cosine term decides
+        pool.log_temperature.fill_(torch.log(torch.tensor(50.0)))
+    candidate = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    history = torch.tensor([[[0.0, 1.0, 0.0, 0.0], [0.9, 0.1, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]])
+    pooled, weights = pool(history, candidate, torch.ones(1, 3, dtype=torch.bool))
+    assert weights[0].argmax() == 1 and weights[0, 1] > 0.99

@@ -23,12 +23,13 @@ pytestmark = pytest.mark.timeout(300)
 L = 4
 CONFIG = RankerModelConfig(**network_settings(item_embedding_dim=4, cat_embedding_dim=2, attention_hidden=(8,),
                                               head_hidden=(8,), activation="prelu"),
-                           pooling="attention", item_vocab=40, cat_vocab=6, history_length=L, user_dense_dim=2,
+                           pooling="attention", item_vocab=40, cat_vocab=6, brand_vocab=4, history_length=L, user_dense_dim=2,
                            item_dense_dim=3, user_dense_mean=(1.0, 2.0), user_dense_std=(2.0, 2.0))
 # Items i1..i49 in the dictionary; i40..i49 got indexes after training (>= item_vocab).
 ITEM_IDS = np.array([f"i{k}" for k in range(1, 50)])
 ITEM_IDX = np.arange(1, 50)
 CAT_IDX = ITEM_IDX % 5 + 1
+BRAND_IDX = ITEM_IDX % 3 + 1
 CANDIDATES = pd.DataFrame({
     "item_id": ["i3", "never-seen-item", "i7", "i45", "i2"],
     "history": [["i1", "i2", "i5"], ["i9"], [], ["i1", "unknown", "i2", "i3", "i4", "i6"], None],
@@ -45,17 +46,21 @@ def scorer_files(tmp_path):
     dense = np.random.default_rng(0).normal(size=(len(ITEM_IDS), 3)).astype(np.float32)
     dense[5] = np.nan  # an item without features
     save_weights(str(tmp_path / "weights.pt"), CONFIG.to_dict(), model.state_dict())
-    save_vocabulary(str(tmp_path / "vocabulary.npz"), ITEM_IDS, ITEM_IDX, CAT_IDX, dense)
+    save_vocabulary(str(tmp_path / "vocabulary.npz"), ITEM_IDS, ITEM_IDX, CAT_IDX, dense, brand_idx=BRAND_IDX)
     return tmp_path / "weights.pt", tmp_path / "vocabulary.npz"
 
 
 def test_histories_are_mapped_left_padded_truncated_and_unknown_ids_dropped(scorer_files):
     scorer = CandidateScorer.from_files(str(scorer_files[0]), str(scorer_files[1]))
-    item_idx, cat_idx, hist_items, hist_cats, hist_len, user_dense, item_dense, als = scorer.inputs(CANDIDATES)
+    (item_idx, cat_idx, brand_idx, hist_items, hist_cats, hist_brands, hist_len, user_dense, item_dense, als,
+     position) = scorer.inputs(CANDIDATES)
     assert item_idx.tolist() == [3, 0, 7, 0, 2]  # not in the dictionary, or beyond the trained vocabulary: 0
-    assert cat_idx.tolist() == [4, 0, 3, 1, 3]  # an item newer than the model keeps its category
+    assert cat_idx.tolist() == [4, 0, 3, 1, 3]  # an item newer than the model keeps its category...
+    assert brand_idx.tolist() == [1, 0, 2, 1, 3]  # ...and its brand, from the packaged vocabulary
     assert hist_items.tolist() == [[0, 1, 2, 5], [0, 0, 0, 9], [0, 0, 0, 0], [2, 3, 4, 6], [0, 0, 0, 0]]
     assert hist_cats.tolist() == [[0, 2, 3, 1], [0, 0, 0, 5], [0, 0, 0, 0], [3, 4, 5, 2], [0, 0, 0, 0]]
+    assert hist_brands.tolist() == [[0, 2, 3, 3], [0, 0, 0, 1], [0, 0, 0, 0], [3, 1, 2, 1], [0, 0, 0, 0]]
+    assert position.tolist() == [-1] * 5  # the consumer sends no position: every row at the unknown one
     assert hist_len.tolist() == [3, 1, 0, 4, 0]
     assert user_dense[0].tolist() == [1.0, 2.0]
     assert torch.isnan(user_dense[2]).all()  # absent: the model treats NaN as the training mean
@@ -117,7 +122,7 @@ def test_the_model_code_ships_without_the_training_modules(tmp_path):
                 imported |= {alias.name for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 imported.add(node.module)
-    assert {name.split(".")[0] for name in imported} <= {"__future__", "json", "typing", "dataclasses", "numpy",
+    assert {name.split(".")[0] for name in imported} <= {"__future__", "json", "math", "typing", "dataclasses", "numpy",
                                                          "pandas", "torch", "mlflow"}
     assert {r.split("==")[0] for r in requirements()} == {"torch", "numpy", "pandas", "mlflow"}
 

@@ -56,6 +56,7 @@ class TablesConfig:
     dim_users: str
     dim_items: str
     dim_categories: str
+    dim_brands: str
     catalogue: str
     user_features: str
     item_features: str
@@ -226,8 +227,13 @@ class RankerConfig:
     item_embedding_dim: int
     cat_embedding_dim: int
     embedding_init_std: float
+    item_init_std: float
+    item_weight_decay: float
+    use_brand: bool
+    position_buckets: int
     attention_hidden: tuple
     attention_weighting: str
+    attention_similarity: str
     head_hidden: tuple
     activation: str
     dropout: float
@@ -237,6 +243,7 @@ class RankerConfig:
     epochs: int
     learning_rate: float
     weight_decay: float
+    early_stopping_patience: int
     seed: int
     shuffle_queue: int
     reader_workers: int
@@ -249,6 +256,19 @@ class RankerConfig:
     popularity_feature: str
     heatmap_users: int
     register_model: bool
+
+
+@dataclass(frozen=True)
+class FittedOracleConfig:
+    enabled: bool
+    history_window: int
+    dim: int
+    epochs: int
+    patience: int
+    batch_size: int
+    learning_rate: float
+    bias_decay: float
+    seed: int
 
 
 @dataclass(frozen=True)
@@ -311,6 +331,7 @@ class Config:
     evaluation: EvaluationConfig
     history: HistoryConfig
     ranker: RankerConfig
+    fitted_oracle: FittedOracleConfig
     promote: PromoteConfig
     score: ScoreConfig
     nightly: NightlyConfig

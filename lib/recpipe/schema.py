@@ -31,6 +31,7 @@ DT = "dt"                      # partition column: the day D a row belongs to, Y
 USER_IDX = "user_idx"          # dense user index from the append-only dictionary; 0 = padding/unknown
 ITEM_IDX = "item_idx"
 CAT_IDX = "cat_idx"
+BRAND_IDX = "brand_idx"        # dense brand index from the brand dictionary; 0 = none/unknown
 CATEGORY = "category"
 BRAND = "brand"
 TITLE = "title"
@@ -42,6 +43,7 @@ LABEL = "label"
 SPLIT = "split"
 HIST_ITEMS = "hist_items"
 HIST_CATS = "hist_cats"
+HIST_BRANDS = "hist_brands"
 HIST_LEN = "hist_len"
 ALS_SCORE = "als_score"
 TS_MS = "ts_ms"                # event time as epoch milliseconds (int64), in the ranker samples

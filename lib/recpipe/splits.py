@@ -5,7 +5,7 @@ promotion gate, the report. Training streams its rows through Petastorm instead
 (`recpipe.ranker.data`).
 
 The layout is wide: each fixed-length array of a sample (`hist_items`, `hist_cats`,
-`user_dense`, `item_dense`) is stored as one scalar column per position,
+`hist_brands`, `user_dense`, `item_dense`) is stored as one scalar column per position,
 `hist_items__00` … `hist_items__49`. Petastorm's batch reader turns a scalar column
 into a numpy array without a Python step, while a list column costs it one Python
 object per row and a `vstack` (it read at a quarter of pyarrow's speed). Readers here
@@ -25,10 +25,11 @@ from recpipe.paths import filesystem_for
 from recpipe.tables import reader_location
 
 LABEL = "label"
-FEATURES = ("item_idx", "cat_idx", "hist_items", "hist_cats", "hist_len", "user_dense", "item_dense", "als_score")
+FEATURES = ("item_idx", "cat_idx", "brand_idx", "hist_items", "hist_cats", "hist_brands", "hist_len", "user_dense",
+            "item_dense", "als_score", "position")
 TRAIN_COLUMNS = (*FEATURES, LABEL)
 EVAL_EXTRA = ("event_id", "user_idx")  # kept for grouping and joining the truth; not tensors
-ARRAY_COLUMNS = ("hist_items", "hist_cats", "user_dense", "item_dense")  # stored wide, a column per position
+ARRAY_COLUMNS = ("hist_items", "hist_cats", "hist_brands", "user_dense", "item_dense")  # stored wide, a column per position
 
 
 def wide_name(column: str, position: int) -> str:

@@ -6,9 +6,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recpipe.etl.rejects import BLANK, non_negative_number
-from recpipe.schema import BRAND, CAT_IDX, CATEGORY, ITEM_ID, ITEM_IDX, PADDING_IDX, PRICE, TITLE
+from recpipe.schema import BRAND, BRAND_IDX, CAT_IDX, CATEGORY, ITEM_ID, ITEM_IDX, PADDING_IDX, PRICE, TITLE
 
-CATALOGUE_COLUMNS = (ITEM_ID, ITEM_IDX, CATEGORY, CAT_IDX, BRAND, PRICE, TITLE)
+CATALOGUE_COLUMNS = (ITEM_ID, ITEM_IDX, CATEGORY, CAT_IDX, BRAND, BRAND_IDX, PRICE, TITLE)
 _ATTRIBUTES = "_attributes"
 
 
@@ -16,11 +16,11 @@ def clean_catalogue(raw: DataFrame) -> DataFrame:
     """One row per non-blank item id, price as a double (null unless a number >= 0).
 
     An item listed twice keeps its largest (category, brand, price, title) so that
-    reruns agree; a blank category becomes null.
+    reruns agree; a blank category or brand becomes null.
     """
     attributes = F.struct(
         F.when(~F.col(CATEGORY).rlike(BLANK), F.col(CATEGORY)).alias(CATEGORY),
-        F.col(BRAND).alias(BRAND),
+        F.when(~F.col(BRAND).rlike(BLANK), F.col(BRAND)).alias(BRAND),
         non_negative_number(PRICE).alias(PRICE),
         F.col(TITLE).alias(TITLE),
     )
@@ -33,19 +33,23 @@ def clean_catalogue(raw: DataFrame) -> DataFrame:
     )
 
 
-def index_catalogue(catalogue: DataFrame, items: DataFrame, categories: DataFrame) -> DataFrame:
-    """The catalogue with `item_idx` and `cat_idx` (0 for an item without a known category).
+def index_catalogue(catalogue: DataFrame, items: DataFrame, categories: DataFrame, brands: DataFrame) -> DataFrame:
+    """The catalogue with `item_idx`, `cat_idx` and `brand_idx` (0 for an item without a
+    known category or brand).
 
     Args:
         catalogue: output of `clean_catalogue`.
         items: the item dictionary. An item it lacks is left out: that only happens when
             a past day is cleaned again and the catalogue has since listed new items.
         categories: the category dictionary.
+        brands: the brand dictionary.
     """
     return (
         catalogue
         .join(items.select(ITEM_ID, ITEM_IDX), ITEM_ID, "inner")
         .join(categories.select(CATEGORY, CAT_IDX), CATEGORY, "left")
+        .join(brands.select(BRAND, BRAND_IDX), BRAND, "left")
         .withColumn(CAT_IDX, F.coalesce(F.col(CAT_IDX), F.lit(PADDING_IDX)).cast("int"))
+        .withColumn(BRAND_IDX, F.coalesce(F.col(BRAND_IDX), F.lit(PADDING_IDX)).cast("int"))
         .select(*CATALOGUE_COLUMNS)
     )

@@ -27,6 +27,7 @@ from recpipe.config import CleanConfig, Config
 from recpipe.errors import ConfigError, DataError
 from recpipe.etl.catalogue import clean_catalogue, index_catalogue
 from recpipe.etl.dictionaries import (
+    BRANDS,
     CATEGORIES,
     ITEMS,
     USERS,
@@ -52,6 +53,7 @@ from recpipe.etl.raw import parse_lines, read_catalogue, read_raw_lines
 from recpipe.etl.raw_files import check_files, list_files
 from recpipe.etl.rejects import LATEST_TEN_DIGIT_MILLIS, accepted_lines, check_rows, classify_lines, rejected_lines
 from recpipe.schema import (
+    BRAND,
     CATEGORY,
     DT,
     EVENT_ID,
@@ -213,7 +215,8 @@ def write_outputs(spark: SparkSession, cfg: Config, date: dt.date, classified: D
     dictionaries = update_dictionaries(
         spark, cfg, date,
         used={USERS: accepted.select(USER_ID), ITEMS: accepted.select(ITEM_ID)},
-        listed={ITEMS: catalogue.select(ITEM_ID), CATEGORIES: catalogue.select(CATEGORY)},
+        listed={ITEMS: catalogue.select(ITEM_ID), CATEGORIES: catalogue.select(CATEGORY),
+                BRANDS: catalogue.select(BRAND)},
     )
     covered = [first + dt.timedelta(days=n) for n in range((date - first).days + 1)]
     if by_file_day:
@@ -222,7 +225,7 @@ def write_outputs(spark: SparkSession, cfg: Config, date: dt.date, classified: D
     else:
         write_day(rejected_lines(classified), cfg, "rejects", date, rows=outcomes.rejected,
                   files=settings.rejects_files_per_day)
-    indexed_catalogue = index_catalogue(catalogue, dictionaries[ITEMS], dictionaries[CATEGORIES])
+    indexed_catalogue = index_catalogue(catalogue, dictionaries[ITEMS], dictionaries[CATEGORIES], dictionaries[BRANDS])
     catalogue_items = indexed_catalogue.count()
     write_day(indexed_catalogue, cfg, "catalogue", date, rows=catalogue_items, files=settings.snapshot_files_per_day)
     report = build_report(
@@ -231,7 +234,8 @@ def write_outputs(spark: SparkSession, cfg: Config, date: dt.date, classified: D
         outcomes=outcomes,
         distinct=distinct_ids(accepted),
         new_ids={kind: count_first_seen(dictionaries[spec], date)
-                 for kind, spec in (("users", USERS), ("items", ITEMS), ("categories", CATEGORIES))},
+                 for kind, spec in (("users", USERS), ("items", ITEMS), ("categories", CATEGORIES),
+                                    ("brands", BRANDS))},
         catalogue_items=catalogue_items,
     )
     # Last: a write to the events table makes Spark drop every cached plan that reads it,
@@ -323,7 +327,7 @@ def update_dictionaries(spark: SparkSession, cfg: Config, date: dt.date, *, used
             the newer snapshots would not hold them. Clean the later days again in order.
     """
     snapshots, rebuilt = {}, set()
-    for spec in (USERS, ITEMS, CATEGORIES):
+    for spec in DICTIONARIES:
         existing, newest = read_newest_snapshot(spark, cfg, spec)
         needed = key_union(spec.key, used.get(spec))
         everything = key_union(spec.key, used.get(spec), listed.get(spec))
@@ -385,7 +389,7 @@ def count_first_seen(dictionary: DataFrame, date: dt.date) -> int:
     return dictionary.where(F.col(FIRST_SEEN) == F.lit(date)).count()
 
 
-DICTIONARIES = (USERS, ITEMS, CATEGORIES)
+DICTIONARIES = (USERS, ITEMS, CATEGORIES, BRANDS)
 
 
 def reads(cfg: Config, date: dt.date) -> list[Partition]:

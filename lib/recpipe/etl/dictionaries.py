@@ -21,7 +21,7 @@ from recpipe import io, paths
 from recpipe.config import Config
 from recpipe.errors import DataError
 from recpipe.etl.rejects import BLANK
-from recpipe.schema import CAT_IDX, CATEGORY, FIRST_SEEN, ITEM_ID, ITEM_IDX, PADDING_IDX, USER_ID, USER_IDX
+from recpipe.schema import BRAND, BRAND_IDX, CAT_IDX, CATEGORY, FIRST_SEEN, ITEM_ID, ITEM_IDX, PADDING_IDX, USER_ID, USER_IDX
 
 _TOP = "_top"
 NEWEST = dt.date.max  # `as_of` that finds the newest snapshot, whatever its day
@@ -47,6 +47,7 @@ class DictionarySpec:
 USERS = DictionarySpec("dim_users", USER_ID, USER_IDX)
 ITEMS = DictionarySpec("dim_items", ITEM_ID, ITEM_IDX)
 CATEGORIES = DictionarySpec("dim_categories", CATEGORY, CAT_IDX)
+BRANDS = DictionarySpec("dim_brands", BRAND, BRAND_IDX)
 
 
 class DictionaryError(DataError):

@@ -38,6 +38,7 @@ from recpipe.etl.feature_names import item_dense_names, user_dense_names
 from recpipe.etl.sequences import (
     DAY_MS,
     EVENT_DAY,
+    brand_column,
     build_user_sequences,
     day_start_ms,
     epoch_day,
@@ -53,6 +54,7 @@ from recpipe.schema import (
     ITEM_DENSE,
     ITEM_IDX,
     LABEL,
+    POSITION,
     PRICE,
     REQUEST_ID,
     SPLIT,
@@ -66,7 +68,7 @@ from recpipe.stage import Partition, Stage, days, total
 
 log = logging.getLogger("recpipe.features")
 
-EVENT_COLUMNS = (EVENT_ID, USER_IDX, ITEM_IDX, EVENT_TYPE, TS, REQUEST_ID)
+EVENT_COLUMNS = (EVENT_ID, USER_IDX, ITEM_IDX, EVENT_TYPE, TS, REQUEST_ID, POSITION)
 CATALOGUE_COLUMNS = (ITEM_IDX, CAT_IDX, PRICE)
 
 
@@ -121,11 +123,12 @@ def read_catalogue_days(spark: SparkSession, cfg: Config, days: list[dt.date]) -
 
 
 def read_item_categories(spark: SparkSession, cfg: Config, date: dt.date) -> DataFrame:
-    """`item_idx`, `cat_idx` of the newest catalogue snapshot on or before `date`."""
+    """`item_idx`, `cat_idx`, `brand_idx` of the newest catalogue snapshot on or before `date`."""
     snapshot = io.latest_day(cfg, "catalogue", date)
     if snapshot is None:
         raise DataError(f"table 'catalogue' has no snapshot on or before {date} at {cfg.table_path('catalogue')}")
-    return io.read_day(spark, cfg, "catalogue", snapshot).select(ITEM_IDX, CAT_IDX)
+    catalogue = io.read_day(spark, cfg, "catalogue", snapshot)
+    return catalogue.select(ITEM_IDX, CAT_IDX, brand_column(catalogue))
 
 
 def write_table(frame: DataFrame, cfg: Config, name: str, date: dt.date, files: int) -> int:

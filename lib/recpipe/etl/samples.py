@@ -7,9 +7,12 @@ Layout of `samples/dt=D/split={train,valid,test}` (Parquet, read by Petastorm):
     user_idx    int32
     item_idx    int32          the candidate
     cat_idx     int32          its category (0 = unknown)
+    brand_idx   int32          its brand (0 = unknown)
+    position    int32          the feed slot it was shown in (0-based; -1 = not logged)
     label       float32        1 if clicked in the same request within the attribution window
     hist_items  int32[L]       last L interactions strictly before the impression, most recent last, 0-padded left
     hist_cats   int32[L]       their categories
+    hist_brands int32[L]       their brands
     hist_len    int32          real entries in hist_items (0..L)
     user_dense  float32[U]     user features as of the impression day's cut-off (names in _meta.json)
     item_dense  float32[I]     item features as of the impression day's cut-off (names in _meta.json)
@@ -34,8 +37,8 @@ from recpipe.config import Config
 from recpipe.errors import DataError
 from recpipe.etl.sequences import DAY_MS, EVENT_DAY, attach_histories
 from recpipe.schema import (
-    CAT_IDX, DT, EVENT_ID, EVENT_TYPE, HIST_CATS, HIST_ITEMS, HIST_LEN, ITEM_DENSE, ITEM_IDX, LABEL, PADDING_IDX,
-    REQUEST_ID, SPLIT, TS_MS, USER_DENSE, USER_IDX, require_columns,
+    BRAND_IDX, CAT_IDX, DT, EVENT_ID, EVENT_TYPE, HIST_BRANDS, HIST_CATS, HIST_ITEMS, HIST_LEN, ITEM_DENSE, ITEM_IDX,
+    LABEL, PADDING_IDX, POSITION, REQUEST_ID, SPLIT, TS_MS, USER_DENSE, USER_IDX, require_columns,
 )
 
 TRAIN, VALID, TEST = "train", "valid", "test"
@@ -43,8 +46,9 @@ SPLITS = (TRAIN, VALID, TEST)
 EVAL_SPLITS = ("user_hash", "time", "user_holdout")
 META_FILE = "_meta.json"
 
-SAMPLE_COLUMNS = (EVENT_ID, USER_IDX, ITEM_IDX, CAT_IDX, LABEL, HIST_ITEMS, HIST_CATS, HIST_LEN,
-                  USER_DENSE, ITEM_DENSE, TS_MS)
+SAMPLE_COLUMNS = (EVENT_ID, USER_IDX, ITEM_IDX, CAT_IDX, BRAND_IDX, POSITION, LABEL, HIST_ITEMS, HIST_CATS,
+                  HIST_BRANDS, HIST_LEN, USER_DENSE, ITEM_DENSE, TS_MS)
+UNKNOWN_POSITION = -1
 
 _HASH_BUCKETS = 1_000_000
 _CLICK_MS = "_click_ms"       # per (user, request, item): the times of its clicks
@@ -60,15 +64,18 @@ def select_impressions(events: DataFrame, start_ms: int, end_ms: int) -> DataFra
     """Impressions with `ts_ms` in [start_ms, end_ms).
 
     Returns:
-        `event_id`, `user_idx`, `item_idx`, `request_id`, `ts_ms`, `event_day`.
+        `event_id`, `user_idx`, `item_idx`, `request_id`, `position` (-1 where the log has
+        none), `ts_ms`, `event_day`.
     """
     require_columns(events, [EVENT_ID, USER_IDX, ITEM_IDX, EVENT_TYPE, REQUEST_ID, TS_MS, EVENT_DAY],
                     "select_impressions")
+    position = (F.coalesce(F.col(POSITION).cast("int"), F.lit(UNKNOWN_POSITION)) if POSITION in events.columns
+                else F.lit(UNKNOWN_POSITION))
     return (
         events
         .where(F.col(EVENT_TYPE) == "impression")
         .where(F.col(TS_MS).between(start_ms, end_ms - 1))
-        .select(EVENT_ID, USER_IDX, ITEM_IDX, REQUEST_ID, TS_MS, EVENT_DAY)
+        .select(EVENT_ID, USER_IDX, ITEM_IDX, REQUEST_ID, position.alias(POSITION), TS_MS, EVENT_DAY)
     )
 
 
@@ -168,7 +175,7 @@ def build_samples(impressions: DataFrame, events: DataFrame, interactions: DataF
         interactions: `select_interactions` before the end of day D.
         user_dense: `user_idx`, `event_day`, `user_dense` for every impression's (user, day).
         item_dense: `item_idx`, `event_day`, `item_dense` for every impression's (item, day).
-        item_categories: `item_idx`, `cat_idx`.
+        item_categories: `item_idx`, `cat_idx`, `brand_idx`.
         date: D, written as the `dt` column.
 
     Returns:
@@ -189,9 +196,12 @@ def build_samples(impressions: DataFrame, events: DataFrame, interactions: DataF
             F.col(USER_IDX).cast("int"),
             F.col(ITEM_IDX).cast("int"),
             F.coalesce(F.col(CAT_IDX), F.lit(PADDING_IDX)).cast("int").alias(CAT_IDX),
+            F.coalesce(F.col(BRAND_IDX), F.lit(PADDING_IDX)).cast("int").alias(BRAND_IDX),
+            F.col(POSITION).cast("int"),
             F.col(LABEL).cast("float"),
             HIST_ITEMS,
             HIST_CATS,
+            HIST_BRANDS,
             HIST_LEN,
             USER_DENSE,
             ITEM_DENSE,

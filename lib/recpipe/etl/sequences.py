@@ -1,7 +1,7 @@
 """Behaviour sequences: a user's last L interactions before a point in time.
 
-Every sequence has the same layout: item ids (`hist_items`) and their categories
-(`hist_cats`) as int32 arrays of exactly L, oldest first and most recent LAST, left-padded
+Every sequence has the same layout: item ids (`hist_items`), their categories
+(`hist_cats`) and brands (`hist_brands`) as int32 arrays of exactly L, oldest first and most recent LAST, left-padded
 with 0, plus `hist_len`, the number of real entries. Interactions are ordered by
 (`ts_ms`, `event_id`) so that ties are broken the same way on every run.
 
@@ -26,20 +26,20 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from recpipe.schema import (
-    CAT_IDX, EVENT_ID, EVENT_TYPE, HIST_CATS, HIST_ITEMS, HIST_LEN, ITEM_IDX, PADDING_IDX, TS, TS_MS, USER_IDX,
+    BRAND_IDX, CAT_IDX, EVENT_ID, EVENT_TYPE, HIST_BRANDS, HIST_CATS, HIST_ITEMS, HIST_LEN, ITEM_IDX, PADDING_IDX, TS, TS_MS, USER_IDX,
     require_columns,
 )
 
 DAY_MS = 86_400_000
 EVENT_DAY = "event_day"        # days since 1970-01-01 (UTC) of an event; internal, never written
 
-_TIMELINE = "_timeline"        # per user: array<struct<ts_ms, event_id, item_idx, cat_idx>>, time-sorted
+_TIMELINE = "_timeline"        # per user: array<struct<ts_ms, event_id, item_idx, cat_idx, brand_idx>>, time-sorted
 _KIND = "_kind"                # 0 = impression (a probe), 1 = interaction
 _PRECEDING = "_preceding"      # interactions strictly before a probe (k)
 _PAYLOAD = "_payload"
 _RANK = "_rank"
 
-INTERACTION_COLUMNS = (USER_IDX, ITEM_IDX, CAT_IDX, TS_MS, EVENT_ID)
+INTERACTION_COLUMNS = (USER_IDX, ITEM_IDX, CAT_IDX, BRAND_IDX, TS_MS, EVENT_ID)
 
 
 def epoch_day(date: dt.date) -> int:
@@ -67,30 +67,38 @@ def with_event_time(events: DataFrame) -> DataFrame:
 
 
 def select_interactions(events: DataFrame, item_categories: DataFrame, event_types: tuple) -> DataFrame:
-    """The events that count as interactions, with their item's category.
+    """The events that count as interactions, with their item's category and brand.
 
     Args:
         events: events with `ts_ms` (see `with_event_time`).
-        item_categories: `item_idx`, `cat_idx` (one row per item).
+        item_categories: `item_idx`, `cat_idx` and optionally `brand_idx` (one row per item).
         event_types: the event types that are interactions (`features.history_event_types`).
 
     Returns:
-        `user_idx`, `item_idx`, `cat_idx` (0 when the item has no category), `ts_ms`, `event_id`.
+        `user_idx`, `item_idx`, `cat_idx`, `brand_idx` (0 when the item has no category or
+        brand), `ts_ms`, `event_id`.
     """
     require_columns(events, [USER_IDX, ITEM_IDX, EVENT_TYPE, TS_MS, EVENT_ID], "select_interactions")
     require_columns(item_categories, [ITEM_IDX, CAT_IDX], "select_interactions (catalogue)")
     return (
         events
         .where(F.col(EVENT_TYPE).isin(*event_types))
-        .join(item_categories.select(ITEM_IDX, CAT_IDX), ITEM_IDX, "left")
+        .join(item_categories.select(ITEM_IDX, CAT_IDX, brand_column(item_categories)), ITEM_IDX, "left")
         .select(
             USER_IDX,
             ITEM_IDX,
             F.coalesce(F.col(CAT_IDX), F.lit(PADDING_IDX)).alias(CAT_IDX),
+            F.coalesce(F.col(BRAND_IDX), F.lit(PADDING_IDX)).alias(BRAND_IDX),
             TS_MS,
             EVENT_ID,
         )
     )
+
+
+def brand_column(catalogue: DataFrame) -> Column:
+    """`brand_idx` of a catalogue frame; 0 (unknown) for a snapshot written before brands
+    had a dictionary."""
+    return F.col(BRAND_IDX) if BRAND_IDX in catalogue.columns else F.lit(PADDING_IDX).alias(BRAND_IDX)
 
 
 def last_interactions(interactions: DataFrame, count: int, before_ms: int) -> DataFrame:
@@ -113,12 +121,12 @@ def sorted_timelines(interactions: DataFrame) -> DataFrame:
     return (
         interactions
         .groupBy(USER_IDX)
-        .agg(F.array_sort(F.collect_list(F.struct(TS_MS, EVENT_ID, ITEM_IDX, CAT_IDX))).alias(_TIMELINE))
+        .agg(F.array_sort(F.collect_list(F.struct(TS_MS, EVENT_ID, ITEM_IDX, CAT_IDX, BRAND_IDX))).alias(_TIMELINE))
     )
 
 
 def history_columns(timeline: Column, preceding: Column, history_length: int) -> list[Column]:
-    """`hist_items`, `hist_cats`, `hist_len` from the last ≤ L of a timeline's first k entries.
+    """`hist_items`, `hist_cats`, `hist_brands`, `hist_len` from the last ≤ L of a timeline's first k entries.
 
     Args:
         timeline: a time-sorted array of interaction structs (may be null: no interactions).
@@ -137,6 +145,7 @@ def history_columns(timeline: Column, preceding: Column, history_length: int) ->
     return [
         padded(ITEM_IDX).alias(HIST_ITEMS),
         padded(CAT_IDX).alias(HIST_CATS),
+        padded(BRAND_IDX).alias(HIST_BRANDS),
         length.alias(HIST_LEN),
     ]
 
@@ -145,13 +154,13 @@ def build_user_sequences(interactions: DataFrame, history_length: int, cutoff_ms
     """Each user's last L interactions strictly before the cut-off.
 
     Args:
-        interactions: `user_idx`, `item_idx`, `cat_idx`, `ts_ms`, `event_id` (see `select_interactions`).
+        interactions: `INTERACTION_COLUMNS` (see `select_interactions`).
         history_length: L, the fixed array length.
         cutoff_ms: epoch ms; interactions at or after it are left out.
 
     Returns:
         One row per user with at least one interaction before the cut-off: `user_idx`,
-        `hist_items`, `hist_cats` (int32 arrays of length L, most recent last, left-padded
+        `hist_items`, `hist_cats`, `hist_brands` (int32 arrays of length L, most recent last, left-padded
         with 0) and `hist_len`.
     """
     require_columns(interactions, INTERACTION_COLUMNS, "build_user_sequences")
@@ -168,14 +177,14 @@ def attach_histories(impressions: DataFrame, interactions: DataFrame, history_le
     Args:
         impressions: rows with `user_idx`, `ts_ms`, `event_id`, all with `ts_ms >= since_ms`;
             every column is kept.
-        interactions: `user_idx`, `item_idx`, `cat_idx`, `ts_ms`, `event_id`; those at or
+        interactions: `INTERACTION_COLUMNS`; those at or
             after the last impression are simply never counted.
         history_length: L.
         since_ms: a lower bound of the impressions' timestamps. Of the interactions before
             it only the last L per user are kept; after it, all of them.
 
     Returns:
-        The impressions with `hist_items`, `hist_cats` (int32, length L, most recent last,
+        The impressions with `hist_items`, `hist_cats`, `hist_brands` (int32, length L, most recent last,
         left-padded with 0) and `hist_len`.
     """
     require_columns(impressions, [USER_IDX, TS_MS, EVENT_ID], "attach_histories (impressions)")

@@ -45,6 +45,11 @@ def latest(folder: str) -> str | None:
     return join_uri(folder, pointer["file"])
 
 
+def at_epoch(folder: str, epoch: int) -> str:
+    """The location of one epoch's checkpoint in `folder`."""
+    return join_uri(folder, checkpoint_file(epoch))
+
+
 def load(location: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint written by `save` (tensors, numbers, strings, lists and dicts only)."""
     return torch.load(io.BytesIO(read_bytes(location)), map_location=map_location, weights_only=True)

@@ -54,10 +54,13 @@ class TrainStream:
         batch_size: rows per batch on this rank (the global batch / world size).
         rank: this rank, Petastorm's `cur_shard`.
         world: the number of ranks, Petastorm's `shard_count`.
-        seed: seed of the row-group order (seed + rank: ranks read in different orders;
-            Petastorm assigns row groups to shards by index, whatever the seed).
+        seed: seed of the row-group order and of the rows' order inside them. It must be
+            the same on every rank: Petastorm shuffles the row groups with it before it
+            deals them to the shards (a seed per rank would make shards overlap).
         shuffle_queue: capacity of the row shuffling queue, in rows.
-        workers: Petastorm reader threads.
+        workers: Petastorm reader threads. With one, the order of the batches is fixed by
+            the seed; with more, threads finish row groups in varying order and each has
+            its own row shuffler, so runs no longer repeat.
         columns: the columns to read.
     """
 

@@ -2,8 +2,9 @@
 
 Methods: the trained networks (click probabilities), the ALS score and the popularity
 feature (scores only: ranking metrics), and on generated data the oracle, the true
-click probability the generator planted, with each method's AUC as a share of the
-oracle's.
+click probability the generator planted, and the fitted oracle, the generator's click
+model fitted on the train rows (`fitted_oracle`), with each method's AUC as a share of
+both.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from recpipe.serving.model import RankerModel, model_inputs
 log = logging.getLogger("recpipe.ranker")
 
 ORACLE = "oracle"
+FITTED_ORACLE = "fitted_oracle"
 
 
 @torch.no_grad()
@@ -52,7 +54,8 @@ def oracle_probabilities(cfg: Config, date: dt.date, event_ids: np.ndarray) -> n
 
 
 def compare(labels: np.ndarray, users: np.ndarray, probabilities: Mapping[str, np.ndarray],
-            scores: Mapping[str, np.ndarray], oracle: np.ndarray | None) -> dict[str, float]:
+            scores: Mapping[str, np.ndarray], oracle: np.ndarray | None,
+            fitted: np.ndarray | None = None) -> dict[str, float]:
     """Metrics of every method on the same rows, as `test_<method>_<metric>`.
 
     Args:
@@ -60,15 +63,22 @@ def compare(labels: np.ndarray, users: np.ndarray, probabilities: Mapping[str, n
         probabilities: methods whose scores are click probabilities (logloss, calibration apply).
         scores: methods with scores only (ranking metrics).
         oracle: the true p_click per row (NaN = unknown) or None.
+        fitted: the fitted oracle's probability per row, or None.
 
     With an oracle, `test_<method>_auc_vs_oracle` is the method's AUC over the oracle's,
-    both on the rows the truth covers.
+    both on the rows the truth covers; with a fitted oracle, `test_<method>_auc_vs_fitted_oracle`
+    is the same over the fitted oracle's AUC on every row.
     """
     out: dict[str, float] = {"test_rows": float(len(labels)), "test_users": float(len(np.unique(users)))}
     methods = {**{m: (s, True) for m, s in probabilities.items()}, **{m: (s, False) for m, s in scores.items()}}
     for method, (values, is_probability) in methods.items():
         for metric, value in evaluate_scores(labels, values, users, probabilities=is_probability).items():
             out[f"test_{method}_{metric}"] = value
+    if fitted is not None and len(labels):
+        for metric, value in evaluate_scores(labels, fitted, users, probabilities=True).items():
+            out[f"test_{FITTED_ORACLE}_{metric}"] = value
+        for method, (values, _) in methods.items():
+            out[f"test_{method}_auc_vs_{FITTED_ORACLE}"] = auc(labels, values) / out[f"test_{FITTED_ORACLE}_auc"]
     if oracle is None:
         return out
     covered = ~np.isnan(oracle)
@@ -84,6 +94,19 @@ def compare(labels: np.ndarray, users: np.ndarray, probabilities: Mapping[str, n
     return out
 
 
+def fitted_oracle(cfg: Config, date: dt.date, test: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The fitted oracle's test probabilities, fitted on D's train rows with early stopping
+    on its valid rows; None when there are no valid rows to stop on."""
+    from recpipe.ranker.fitted_oracle import COLUMNS, fitted_oracle_scores
+    from recpipe.splits import read_split, split_location
+
+    valid_location = split_location(cfg, date, "valid")
+    if not paths.exists(valid_location):
+        return None
+    train = read_split(split_location(cfg, date, "train"), COLUMNS)
+    return fitted_oracle_scores(train, read_split(valid_location, COLUMNS), test, cfg.fitted_oracle)
+
+
 def evaluate_and_plot(cfg: Config, date: dt.date, rc: RankerConfig, popularity: int,
                       models: Mapping[str, RankerModel], results: Mapping[str, dict], test: Mapping[str, np.ndarray],
                       vocabulary: pd.DataFrame) -> dict[str, float]:
@@ -95,7 +118,8 @@ def evaluate_and_plot(cfg: Config, date: dt.date, rc: RankerConfig, popularity: 
     probabilities = {name: predict(model, test, rc.eval_batch_size) for name, model in models.items()}
     scores = baseline_scores(test, popularity)
     oracle = oracle_probabilities(cfg, date, test["event_id"])
-    metrics = compare(test["label"], test["user_idx"], probabilities, scores, oracle)
+    fitted = fitted_oracle(cfg, date, test) if oracle is not None and cfg.fitted_oracle.enabled else None
+    metrics = compare(test["label"], test["user_idx"], probabilities, scores, oracle, fitted)
 
     curves = {**probabilities, **scores}
     if oracle is not None and not np.isnan(oracle).any():

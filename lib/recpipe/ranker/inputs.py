@@ -24,8 +24,10 @@ from recpipe.etl.samples import SAMPLE_COLUMNS, SPLITS, TRAIN, write_splits
 from recpipe.etl.sequences import DAY_MS, epoch_day
 from recpipe.schema import (
     ALS_SCORE,
+    BRAND_IDX,
     CAT_IDX,
     DT,
+    HIST_BRANDS,
     HIST_CATS,
     HIST_ITEMS,
     ITEM_DENSE,
@@ -53,6 +55,7 @@ class InputStats:
     rows: dict                # split → rows
     item_vocab: int           # 1 + the largest item index in train (candidates and histories)
     cat_vocab: int
+    brand_vocab: int
     user_dense_mean: tuple
     user_dense_std: tuple
     item_dense_mean: tuple
@@ -137,13 +140,13 @@ def to_wide(frame: DataFrame, widths: Mapping[str, int]) -> DataFrame:
 def array_widths(meta: Mapping) -> dict[str, int]:
     """The length of each array column of D's samples, from their `_meta.json`."""
     length = int(meta["history_length"])
-    return {HIST_ITEMS: length, HIST_CATS: length, USER_DENSE: len(meta["user_dense_features"]),
+    return {HIST_ITEMS: length, HIST_CATS: length, HIST_BRANDS: length, USER_DENSE: len(meta["user_dense_features"]),
             ITEM_DENSE: len(meta["item_dense_features"])}
 
 
 def train_statistics(train: DataFrame, widths: Mapping[str, int]) -> tuple[dict[str, float], tuple, tuple]:
     """From the wide train split, in one Spark pass: the vocabulary sizes (largest item
-    and category index, candidates and histories) with the als_score moments, and the
+    category and brand index, candidates and histories) with the als_score moments, and the
     per-position mean and population std of `user_dense` and of `item_dense` (std 0 or
     undefined counts as 1)."""
     def wide(name: str) -> list[str]:
@@ -154,6 +157,7 @@ def train_statistics(train: DataFrame, widths: Mapping[str, int]) -> tuple[dict[
     row = train.agg(
         F.greatest(F.max(ITEM_IDX), *[F.max(c) for c in wide(HIST_ITEMS)]).alias("max_item"),
         F.greatest(F.max(CAT_IDX), *[F.max(c) for c in wide(HIST_CATS)]).alias("max_cat"),
+        F.greatest(F.max(BRAND_IDX), *[F.max(c) for c in wide(HIST_BRANDS)]).alias("max_brand"),
         F.avg(ALS_SCORE).alias("als_mean"),
         F.stddev_pop(ALS_SCORE).alias("als_std"),
         *moments,
@@ -161,6 +165,7 @@ def train_statistics(train: DataFrame, widths: Mapping[str, int]) -> tuple[dict[
     vocab = {
         "item_vocab": int(row["max_item"] or 0) + 1,
         "cat_vocab": int(row["max_cat"] or 0) + 1,
+        "brand_vocab": int(row["max_brand"] or 0) + 1,
         "als_mean": float(row["als_mean"] or 0.0),
         "als_std": float(row["als_std"] or 1.0),
     }
@@ -237,6 +242,7 @@ def build_ranker_input(spark: SparkSession, cfg: Config, date: dt.date, meta: Ma
         rows=written,
         item_vocab=vocab["item_vocab"],
         cat_vocab=vocab["cat_vocab"],
+        brand_vocab=vocab["brand_vocab"],
         user_dense_mean=user_mean,
         user_dense_std=user_std,
         item_dense_mean=item_mean,

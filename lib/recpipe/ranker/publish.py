@@ -31,7 +31,7 @@ from recpipe.config import Config, RankerConfig
 from recpipe.etl.dictionaries import USERS, read_snapshot
 from recpipe.names import CHALLENGER, RANKER_MODEL
 from recpipe.ranker import checkpoints
-from recpipe.schema import CAT_IDX, ITEM_DENSE, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
+from recpipe.schema import BRAND_IDX, CAT_IDX, ITEM_DENSE, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recpipe.serving.pyfunc import VOCABULARY, WEIGHTS
 
 PACKAGE = importlib.resources.files("recpipe.serving")
@@ -146,7 +146,8 @@ def publish(spark: SparkSession, cfg: Config, date: dt.date, rc: RankerConfig, r
         save_weights(weights, state["model_config"], state["model_state"])
         save_vocabulary(vocab, vocabulary[ITEM_ID].to_numpy(), vocabulary[ITEM_IDX].to_numpy(),
                         vocabulary[CAT_IDX].to_numpy(),
-                        dense_column(vocabulary, ITEM_DENSE, len(vocabulary), dense_dim))
+                        dense_column(vocabulary, ITEM_DENSE, len(vocabulary), dense_dim),
+                        brand_idx=vocabulary[BRAND_IDX].to_numpy())
         example = input_example(spark, cfg, date, vocabulary, test)
         return log_ranker_model(weights, vocab, example, RANKER_MODEL if rc.register_model else None)
 

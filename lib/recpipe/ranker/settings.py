@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from recpipe.config import RankerConfig
 from recpipe.errors import ConfigError
 from recpipe.ranker.inputs import InputStats
-from recpipe.serving.layers.attention import WEIGHTINGS
+from recpipe.serving.layers.attention import SIMILARITIES, WEIGHTINGS
 from recpipe.serving.layers.mlp import ACTIVATIONS
 from recpipe.serving.model import RankerModelConfig
 
@@ -25,6 +25,12 @@ def check_config(rc: RankerConfig) -> None:
 
     if rc.activation not in ACTIVATIONS:
         raise bad("activation", f"must be one of {', '.join(ACTIVATIONS)}, got {rc.activation!r}")
+    if rc.attention_similarity not in SIMILARITIES:
+        raise bad("attention_similarity", f"must be one of {', '.join(SIMILARITIES)}, got {rc.attention_similarity!r}")
+    if rc.position_buckets < 0 or rc.position_buckets == 1:
+        raise bad("position_buckets", "must be 0 (no tower) or at least 2 (unknown and one slot)")
+    if rc.early_stopping_patience < 0:
+        raise bad("early_stopping_patience", "must be at least 0")
     if rc.attention_weighting not in WEIGHTINGS:
         raise bad("attention_weighting", f"must be one of {', '.join(WEIGHTINGS)}, got {rc.attention_weighting!r}")
     for key in ("item_embedding_dim", "cat_embedding_dim", "batch_size", "epochs", "num_processes",
@@ -42,7 +48,9 @@ def network_settings(rc: RankerConfig) -> dict[str, Any]:
     return dict(attention_weighting=rc.attention_weighting, item_embedding_dim=rc.item_embedding_dim,
                 cat_embedding_dim=rc.cat_embedding_dim, attention_hidden=tuple(rc.attention_hidden),
                 head_hidden=tuple(rc.head_hidden), activation=rc.activation, dropout=rc.dropout,
-                use_als_score=rc.use_als_score, embedding_init_std=rc.embedding_init_std)
+                use_als_score=rc.use_als_score, embedding_init_std=rc.embedding_init_std,
+                item_init_std=rc.item_init_std, position_buckets=rc.position_buckets,
+                attention_similarity=rc.attention_similarity)
 
 
 def model_config(rc: RankerConfig, stats: InputStats, meta: Mapping, name: str, date: dt.date) -> RankerModelConfig:
@@ -50,6 +58,7 @@ def model_config(rc: RankerConfig, stats: InputStats, meta: Mapping, name: str, 
     return RankerModelConfig(
         item_vocab=stats.item_vocab,
         cat_vocab=stats.cat_vocab,
+        brand_vocab=stats.brand_vocab if rc.use_brand else 0,
         history_length=int(meta["history_length"]),
         user_dense_dim=len(meta["user_dense_features"]),
         item_dense_dim=len(meta["item_dense_features"]),

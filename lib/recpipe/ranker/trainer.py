@@ -2,9 +2,14 @@
 
 `train(job)` is what TorchDistributor ships to its processes and what
 `python -m recpipe.ranker.launch` runs under torchrun: it joins the process group from
-the environment, builds the model, trains `job.epochs` epochs of exactly
-`steps_per_epoch(...)` steps on every rank, checkpoints after each epoch and returns the
-same summary on every rank.
+the environment, builds the model, trains up to `job.epochs` epochs of exactly
+`steps_per_epoch(...)` steps on every rank, checkpoints after each epoch, stops early when
+the valid AUC has not improved for `early_stopping_patience` epochs, restores the best
+epoch's weights and returns the same summary on every rank.
+
+Runs repeat: the seed fixes the initial weights, dropout and every rank's data order
+(one Petastorm reader thread per rank; see `TrainStream`), and gloo's reductions are
+deterministic, so two runs with one seed train the same weights.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class TrainJob:
     epochs: int
     learning_rate: float
     weight_decay: float
+    item_weight_decay: float
+    early_stopping_patience: int
     seed: int
     shuffle_queue: int
     reader_workers: int
@@ -77,7 +84,8 @@ class TrainJob:
 def from_ranker_config(rc: RankerConfig) -> dict[str, Any]:
     """The TrainJob fields that come from the `ranker:` section."""
     return dict(global_batch_size=rc.batch_size, epochs=rc.epochs, learning_rate=rc.learning_rate,
-                weight_decay=rc.weight_decay, seed=rc.seed, shuffle_queue=rc.shuffle_queue,
+                weight_decay=rc.weight_decay, item_weight_decay=rc.item_weight_decay,
+                early_stopping_patience=rc.early_stopping_patience, seed=rc.seed, shuffle_queue=rc.shuffle_queue,
                 reader_workers=rc.reader_workers, eval_batch_size=rc.eval_batch_size, use_gpu=rc.use_gpu,
                 resume=rc.resume, progress=rc.progress)
 
@@ -139,7 +147,7 @@ class Trainer:
         self.job = job
         self.device = device
         self.raw_model = model
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=job.learning_rate, weight_decay=job.weight_decay)
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, job), lr=job.learning_rate)
         self.steps_per_epoch = steps_per_epoch(job.train_rows, job.global_batch_size)
         self.total_steps = self.steps_per_epoch * job.epochs
         self.step = 0
@@ -166,10 +174,13 @@ class Trainer:
             self.model = DDP(self.raw_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def fit(self) -> list[dict[str, float]]:
-        """Train the remaining epochs; returns one metrics dict per epoch (all epochs)."""
+        """Train the remaining epochs, or until the valid AUC stops improving; returns one
+        metrics dict per epoch trained (all epochs, a resumed run's earlier ones too)."""
         bar = self._progress_bar()
         try:
             for epoch in range(self.epoch + 1, self.job.epochs + 1):
+                if self.stalled():
+                    break
                 metrics = self._run_epoch(epoch, bar)
                 dist.broadcast_buffers(self.raw_model)
                 metrics.update(self._evaluate())
@@ -181,6 +192,18 @@ class Trainer:
             if bar is not None:
                 bar.close()
         return self.history
+
+    def best_epoch(self) -> int:
+        """The epoch with the highest valid AUC (the earliest of equals); the last epoch
+        when there is no validation."""
+        scored = [(h["valid_auc"], -h["epoch"]) for h in self.history if math.isfinite(h.get("valid_auc", math.nan))]
+        return -max(scored)[1] if scored else self.epoch
+
+    def stalled(self) -> bool:
+        """Whether the last `early_stopping_patience` epochs all came after the best one.
+        Every rank decides from the same broadcast metrics, so they stop together."""
+        patience = self.job.early_stopping_patience
+        return bool(patience) and bool(self.history) and self.epoch - self.best_epoch() >= patience
 
     def _progress_bar(self):
         if not (self.job.progress and dist.is_main()):
@@ -261,12 +284,22 @@ class Trainer:
         dist.barrier()  # a sync point: no rank moves on (or exits) before the checkpoint exists
 
 
+def parameter_groups(model: nn.Module, job: TrainJob) -> list[dict[str, Any]]:
+    """AdamW's groups: the item rows decay by `item_weight_decay` (a rare item's residual
+    returns to its brand and category), everything else by `weight_decay`."""
+    items = [p for n, p in model.named_parameters() if n == "item_embedding.weight"]
+    rest = [p for n, p in model.named_parameters() if n != "item_embedding.weight"]
+    return [{"params": items, "weight_decay": job.item_weight_decay},
+            {"params": rest, "weight_decay": job.weight_decay}]
+
+
 def train(job: TrainJob) -> dict[str, Any]:
     """Train one model on this rank; the same summary comes back on every rank.
 
     Returns:
         `name`, `steps`, `epochs`, `steps_per_epoch`, `world_size`, `history` (per-epoch
-        metrics), `checkpoint` (the last one), `checksums` (a parameter digest per rank).
+        metrics), `best_epoch`, `checkpoint` (the best epoch's, whose weights the caller
+        loads), `checksums` (a digest of the best weights per rank).
     """
     device = dist.setup(job.use_gpu)
     try:
@@ -277,24 +310,30 @@ def train(job: TrainJob) -> dict[str, Any]:
         done = int(state["epoch"]) if state else 0
         # Dropout and the shuffling queue draw from torch's global generator: seeded per rank,
         # and per resumed epoch so that a resumed run does not replay the first epoch's order.
-        seed = job.seed + rank + 1_000_003 * done
-        torch.manual_seed(seed)
+        torch.manual_seed(job.seed + rank + 1_000_003 * done)
+        # The reader's seed is the same on every rank: Petastorm also shuffles the row
+        # groups with it before dealing them to shards, and the shards must partition them.
+        data_seed = job.seed + 1_000_003 * done
         with TrainStream(job.train_location, per_rank_batch(job.global_batch_size, world), rank, world,
-                         seed=seed, shuffle_queue=job.shuffle_queue, workers=job.reader_workers) as stream:
+                         seed=data_seed, shuffle_queue=job.shuffle_queue, workers=job.reader_workers) as stream:
             trainer = Trainer(job, model, device, stream)
             if state is not None:
                 trainer.restore(state)
             trainer.wrap()
             history = trainer.fit()
+        best = trainer.best_epoch()
+        best_checkpoint = checkpoints.at_epoch(job.checkpoint_dir, best)
+        trainer.raw_model.load_state_dict(checkpoints.load(best_checkpoint, map_location=device)["model_state"])
         checksums = dist.gather_to_main(parameter_checksum(trainer.raw_model))
         return dist.broadcast_from_main({
             "name": job.name,
             "steps": trainer.step,
             "epochs": trainer.epoch,
+            "best_epoch": best,
             "steps_per_epoch": trainer.steps_per_epoch,
             "world_size": world,
             "history": history,
-            "checkpoint": checkpoints.latest(job.checkpoint_dir),
+            "checkpoint": best_checkpoint,
             "checksums": checksums,
         })
     finally:

@@ -1,6 +1,12 @@
 """The ranker network: DIN target attention (or the mean-pooling BaseModel) over the
 behaviour history, plus the candidate, normalised dense features and the ALS score.
 
+As in DIN, an item (the candidate and every history entry) is represented by its goods,
+shop (brand) and category ids: [item residual + brand, category]. The item's own row
+starts near zero and is weight-decayed, so a rare item falls back to its brand and
+category, which many more clicks train. Feed position enters training through a shallow
+tower added to the logit (PAL); at scoring the position is unknown, a constant.
+
 Everything the network needs to be rebuilt is in `RankerModelConfig` (vocabulary sizes,
 widths, normalisation statistics), saved with every checkpoint and with the registered
 model. This module imports nothing from recpipe outside the ranker package: the
@@ -19,7 +25,9 @@ from torch import nn
 from .layers import MLP, AttentionPooling, MeanPooling, masked_positions
 
 POOLINGS = ("attention", "mean")
-INPUTS = ("item_idx", "cat_idx", "hist_items", "hist_cats", "hist_len", "user_dense", "item_dense", "als_score")
+INPUTS = ("item_idx", "cat_idx", "brand_idx", "hist_items", "hist_cats", "hist_brands", "hist_len", "user_dense",
+          "item_dense", "als_score", "position")
+UNKNOWN_POSITION = -1  # what scoring passes: a constant, the position tower's unknown row
 
 
 @dataclass(frozen=True)
@@ -29,9 +37,11 @@ class RankerModelConfig:
     The settings of the network come from `ranker:` in the configuration (their defaults
     live in conf/base.yaml only; `recpipe.ranker.settings.network_settings`); the sizes
     and the normalisation statistics come from the data.
-    `item_vocab`/`cat_vocab` are one more than the largest index seen in training; larger
-    (or negative) ids are unknown and map to index 0, the padding/unknown row.
+    `item_vocab`/`cat_vocab`/`brand_vocab` are one more than the largest index seen in
+    training; larger (or negative) ids are unknown and map to index 0, the padding/unknown row.
     Normalisation statistics come from the train split; std 0 is treated as 1.
+    The fields after `embedding_init_std` have defaults that build the network of earlier
+    versions (no brand, no position tower, the MLP unit alone), so their checkpoints load.
     """
 
     item_vocab: int
@@ -48,7 +58,11 @@ class RankerModelConfig:
     activation: str
     dropout: float
     use_als_score: bool
-    embedding_init_std: float  # item/category embeddings start as N(0, this^2); 1.0 is torch's default
+    embedding_init_std: float  # category (and brand) embeddings start as N(0, this^2); 1.0 is torch's default
+    brand_vocab: int = 0  # 0: no brand embedding
+    item_init_std: float = -1.0  # the item rows' initial std; < 0: embedding_init_std
+    position_buckets: int = 0  # rows of the position tower (slots 0..buckets-2, then the rest, plus unknown); 0: none
+    attention_similarity: str = "none"  # cosine: a learned-temperature cos(h, c) added to the unit's score
     user_dense_mean: tuple = ()
     user_dense_std: tuple = ()
     item_dense_mean: tuple = ()
@@ -80,12 +94,14 @@ def _stats(values: tuple, dim: int, fill: float) -> torch.Tensor:
 class RankerModel(nn.Module):
     """Click logit for a candidate given the user's history.
 
-    Item and category embeddings are shared by the candidate and the history; an item is
-    represented by [item embedding, category embedding] (E = item + category dims).
+    Item, brand and category embeddings are shared by the candidate and the history; an
+    item is represented by [item embedding + brand embedding, category embedding]
+    (E = item + category dims).
 
     Forward inputs (B = batch, L = history length, U/I = dense widths):
-        item_idx (B,) int, cat_idx (B,) int, hist_items (B, L) int, hist_cats (B, L) int,
-        hist_len (B,) int, user_dense (B, U) float, item_dense (B, I) float, als_score (B,) float.
+        item_idx, cat_idx, brand_idx (B,) int; hist_items, hist_cats, hist_brands (B, L) int;
+        hist_len (B,) int, user_dense (B, U) float, item_dense (B, I) float, als_score (B,) float,
+        position (B,) int, the 0-based feed slot (-1 or None = unknown: scoring).
 
     Returns:
         logits (B,) and, from `forward_with_weights`, the history weights (B, L).
@@ -98,18 +114,29 @@ class RankerModel(nn.Module):
         self.config = config
         self.item_embedding = nn.Embedding(config.item_vocab, config.item_embedding_dim, padding_idx=0)
         self.cat_embedding = nn.Embedding(config.cat_vocab, config.cat_embedding_dim, padding_idx=0)
+        self.brand_embedding = (nn.Embedding(config.brand_vocab, config.item_embedding_dim, padding_idx=0)
+                                if config.brand_vocab else None)
         # Scaled in place rather than redrawn, so the random stream (and every later
         # initial weight) is the same whatever the std. A small std matters when the
         # vocabulary holds items training never shows (a temporal split, new releases):
         # their rows stay at the initial draw, and near zero they look unknown, not random.
+        item_std = config.item_init_std if config.item_init_std >= 0 else config.embedding_init_std
         with torch.no_grad():
-            self.item_embedding.weight.mul_(config.embedding_init_std)
+            self.item_embedding.weight.mul_(item_std)
             self.cat_embedding.weight.mul_(config.embedding_init_std)
+            if self.brand_embedding is not None:
+                self.brand_embedding.weight.mul_(config.embedding_init_std)
         dim = config.item_embedding_dim + config.cat_embedding_dim
         self.pooling = (
-            AttentionPooling(dim, config.attention_hidden, config.attention_weighting)
+            AttentionPooling(dim, config.attention_hidden, config.attention_weighting, config.attention_similarity)
             if config.pooling == "attention" else MeanPooling()
         )
+        # PAL's position tower: one learned logit offset per slot, zero at the unknown row
+        # (index 0), which is what scoring uses.
+        self.position_tower = (nn.Embedding(config.position_buckets, 1, padding_idx=0)
+                               if config.position_buckets else None)
+        if self.position_tower is not None:
+            nn.init.zeros_(self.position_tower.weight)
         self.register_buffer("user_mean", _stats(config.user_dense_mean, config.user_dense_dim, 0.0))
         self.register_buffer("user_std", _stats(config.user_dense_std, config.user_dense_dim, 1.0))
         self.register_buffer("item_mean", _stats(config.item_dense_mean, config.item_dense_dim, 0.0))
@@ -122,25 +149,36 @@ class RankerModel(nn.Module):
         """Ids outside [0, vocab) become 0, the unknown index (never an index error)."""
         return torch.where((ids >= 0) & (ids < vocab), ids, torch.zeros_like(ids))
 
-    def embed(self, items: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
-        """(...,) item and category ids → (..., E)."""
+    def embed(self, items: torch.Tensor, cats: torch.Tensor, brands: torch.Tensor) -> torch.Tensor:
+        """(...,) item, category and brand ids → (..., E)."""
         items = self.known(items.long(), self.config.item_vocab)
         cats = self.known(cats.long(), self.config.cat_vocab)
-        return torch.cat([self.item_embedding(items), self.cat_embedding(cats)], dim=-1)
+        item = self.item_embedding(items)
+        if self.brand_embedding is not None:
+            item = item + self.brand_embedding(self.known(brands.long(), self.config.brand_vocab))
+        return torch.cat([item, self.cat_embedding(cats)], dim=-1)
+
+    def position_logit(self, position: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        """(B,) the position tower's offset: slot p is row p + 1 (the last row holds every
+        later slot), unknown (-1 or None) is row 0, which stays 0."""
+        if self.position_tower is None or position is None:
+            return torch.zeros(batch, device=device)
+        rows = (position.long() + 1).clamp(0, self.config.position_buckets - 1)
+        return self.position_tower(rows).squeeze(-1)
 
     def _normalise(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         safe = torch.where(std > 0, std, torch.ones_like(std))
         return torch.nan_to_num((x.float() - mean) / safe, nan=0.0, posinf=0.0, neginf=0.0)
 
-    def forward_with_weights(self, item_idx, cat_idx, hist_items, hist_cats, hist_len, user_dense, item_dense,
-                             als_score) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_with_weights(self, item_idx, cat_idx, brand_idx, hist_items, hist_cats, hist_brands, hist_len,
+                             user_dense, item_dense, als_score, position=None) -> tuple[torch.Tensor, torch.Tensor]:
         length = self.config.history_length
-        hist_items, hist_cats = hist_items[:, -length:], hist_cats[:, -length:]  # (B, L)
+        hist_items, hist_cats, hist_brands = (h[:, -length:] for h in (hist_items, hist_cats, hist_brands))  # (B, L)
         mask = masked_positions(hist_len.long(), hist_items.shape[1])  # (B, L)
-        candidate = self.embed(item_idx, cat_idx)  # (B, E)
+        candidate = self.embed(item_idx, cat_idx, brand_idx)  # (B, E)
         # Only the real history entries are embedded and pooled (N of B * L; most are padding).
         rows, cols = mask.nonzero(as_tuple=True)  # (N,), (N,)
-        real = self.embed(hist_items[rows, cols], hist_cats[rows, cols])  # (N, E)
+        real = self.embed(hist_items[rows, cols], hist_cats[rows, cols], hist_brands[rows, cols])  # (N, E)
         pooled, weights = self.pooling.packed(real, rows, candidate, mask)  # (B, E), (B, L)
         dense = [
             self._normalise(user_dense, self.user_mean, self.user_std),  # (B, U)
@@ -150,12 +188,13 @@ class RankerModel(nn.Module):
             als = (als_score.float() - self.config.als_score_mean) / (self.config.als_score_std or 1.0)
             dense.append(torch.nan_to_num(als, nan=0.0).unsqueeze(1))  # (B, 1)
         x = torch.cat([pooled, candidate, pooled * candidate, *dense], dim=1)  # (B, 3E + U + I + 1)
-        return self.head(x).squeeze(1), weights  # (B,), (B, L)
+        logits = self.head(x).squeeze(1) + self.position_logit(position, len(x), x.device)  # (B,)
+        return logits, weights  # (B,), (B, L)
 
-    def forward(self, item_idx, cat_idx, hist_items, hist_cats, hist_len, user_dense, item_dense,
-                als_score) -> torch.Tensor:
-        return self.forward_with_weights(item_idx, cat_idx, hist_items, hist_cats, hist_len, user_dense,
-                                         item_dense, als_score)[0]
+    def forward(self, item_idx, cat_idx, brand_idx, hist_items, hist_cats, hist_brands, hist_len, user_dense,
+                item_dense, als_score, position=None) -> torch.Tensor:
+        return self.forward_with_weights(item_idx, cat_idx, brand_idx, hist_items, hist_cats, hist_brands,
+                                         hist_len, user_dense, item_dense, als_score, position)[0]
 
 
 def build_model(config: RankerModelConfig | Mapping[str, Any]) -> RankerModel:
@@ -165,6 +204,7 @@ def build_model(config: RankerModelConfig | Mapping[str, Any]) -> RankerModel:
     return RankerModel(config)
 
 
-def model_inputs(batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-    """The forward arguments, in order, from a batch keyed by column name."""
-    return [batch[name] for name in INPUTS]
+def model_inputs(batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor | None]:
+    """The forward arguments, in order, from a batch keyed by column name; a batch without
+    positions (the consumer's) scores at the unknown position."""
+    return [batch.get(name) if name == "position" else batch[name] for name in INPUTS]

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .model import RankerModel, build_model
+from .model import UNKNOWN_POSITION, RankerModel, build_model
 
 ITEM_ID, HISTORY, USER_ID = "item_id", "history", "user_id"
 USER_DENSE, ITEM_DENSE, ALS_SCORE = "user_dense", "item_dense", "als_score"
@@ -30,14 +30,15 @@ REQUIRED_COLUMNS = (ITEM_ID, HISTORY)
 
 
 def save_vocabulary(location: str, item_ids: np.ndarray, item_idx: np.ndarray, cat_idx: np.ndarray,
-                    item_dense: np.ndarray) -> None:
-    """Write the id dictionaries (item_id → item_idx, item_idx → cat_idx) and the item
-    feature snapshot as one .npz of plain arrays (no pickled objects)."""
+                    item_dense: np.ndarray, brand_idx: np.ndarray | None = None) -> None:
+    """Write the id dictionaries (item_id → item_idx, item_idx → cat_idx and brand_idx) and
+    the item feature snapshot as one .npz of plain arrays (no pickled objects)."""
     np.savez_compressed(
         location,
         item_ids=np.asarray(item_ids, dtype=np.str_),
         item_idx=np.asarray(item_idx, dtype=np.int64),
         cat_idx=np.asarray(cat_idx, dtype=np.int64),
+        brand_idx=np.asarray(brand_idx if brand_idx is not None else np.zeros(len(item_idx)), dtype=np.int64),
         item_dense=np.asarray(item_dense, dtype=np.float32),
     )
 
@@ -53,12 +54,13 @@ class CandidateScorer:
 
     Args:
         model: the trained network.
-        item_ids / item_idx / cat_idx: the item dictionary and each item's category.
+        item_ids / item_idx / cat_idx / brand_idx: the item dictionary and each item's
+            category and brand (None: no brands, a vocabulary of an earlier version).
         item_dense: (items, I) feature snapshot per dictionary row; NaN rows = unknown.
     """
 
     def __init__(self, model: RankerModel, item_ids: np.ndarray, item_idx: np.ndarray, cat_idx: np.ndarray,
-                 item_dense: np.ndarray, batch_size: int = 4096):
+                 item_dense: np.ndarray, batch_size: int = 4096, brand_idx: np.ndarray | None = None):
         self.model = model.eval()
         self.config = model.config
         self.index = pd.Index(np.asarray(item_ids).astype(str))
@@ -70,6 +72,8 @@ class CandidateScorer:
         known = (item_idx > 0) & (item_idx < self.config.item_vocab)
         self.item_idx = np.where(known, item_idx, 0).astype(np.int64)
         self.cat_idx = np.where((cat_idx > 0) & (cat_idx < self.config.cat_vocab), cat_idx, 0).astype(np.int64)
+        brand_idx = np.zeros_like(item_idx) if brand_idx is None else np.asarray(brand_idx, np.int64)
+        self.brand_idx = np.where((brand_idx > 0) & (brand_idx < self.config.brand_vocab), brand_idx, 0)
         self.item_dense = np.asarray(item_dense, dtype=np.float32)
         self.batch_size = batch_size
 
@@ -79,7 +83,8 @@ class CandidateScorer:
         model = build_model(saved["model_config"])
         model.load_state_dict(saved["model_state"])
         with np.load(vocabulary, allow_pickle=False) as v:
-            return cls(model, v["item_ids"], v["item_idx"], v["cat_idx"], v["item_dense"])
+            brands = v["brand_idx"] if "brand_idx" in v.files else None
+            return cls(model, v["item_ids"], v["item_idx"], v["cat_idx"], v["item_dense"], brand_idx=brands)
 
     def score(self, candidates: pd.DataFrame) -> np.ndarray:
         """Click probabilities, one per row of `candidates` (float64, in row order)."""
@@ -148,20 +153,24 @@ class CandidateScorer:
                if ALS_SCORE in candidates.columns else np.zeros(rows, np.float32))
         return self.index_inputs(codes, self._histories(history_codes, history_lengths), user_dense, item_dense, als)
 
-    def index_inputs(self, codes: np.ndarray, histories: tuple[np.ndarray, np.ndarray, np.ndarray],
+    def index_inputs(self, codes: np.ndarray, histories: tuple[np.ndarray, ...],
                      user_dense: np.ndarray, item_dense: np.ndarray | None, als: np.ndarray) -> list[torch.Tensor]:
         """The forward arguments from the candidates' dictionary rows (`codes`, -1 = unknown)
-        and their histories (`_histories`). `item_dense` None takes the packaged snapshot."""
+        and their histories (`_histories`). `item_dense` None takes the packaged snapshot.
+        The position is the unknown one for every row: a constant, so the ranking is the
+        network's alone and the consumer never supplies it."""
         item_idx = np.where(codes >= 0, self.item_idx[codes], 0)
         cat_idx = np.where(codes >= 0, self.cat_idx[codes], 0)
-        hist_items, hist_cats, hist_len = histories
+        brand_idx = np.where(codes >= 0, self.brand_idx[codes], 0)
+        hist_items, hist_cats, hist_brands, hist_len = histories
         if item_dense is None:
             item_dense = (np.where(codes[:, None] >= 0, self.item_dense[codes], np.nan).astype(np.float32)
                           if self.item_dense.size else np.full((len(codes), self.config.item_dense_dim), np.nan,
                                                                np.float32))
         return [torch.as_tensor(np.ascontiguousarray(x)) for x in
-                (item_idx, cat_idx, hist_items, hist_cats, hist_len, np.asarray(user_dense, np.float32),
-                 np.asarray(item_dense, np.float32), np.asarray(als, np.float32))]
+                (item_idx, cat_idx, brand_idx, hist_items, hist_cats, hist_brands, hist_len,
+                 np.asarray(user_dense, np.float32), np.asarray(item_dense, np.float32), np.asarray(als, np.float32),
+                 np.full(len(codes), UNKNOWN_POSITION, np.int64))]
 
     def _history_codes(self, histories: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         """Every history's ids as dictionary rows, concatenated, and each row's length."""
@@ -172,30 +181,33 @@ class CandidateScorer:
         flat = np.concatenate([np.asarray(h, dtype=object) for h in lists if len(h)]).astype(str)
         return self.index.get_indexer(flat), lengths
 
-    def _histories(self, codes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Left-padded (rows, L) item and category indexes and the real lengths.
+    def _histories(self, codes: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Left-padded (rows, L) item, category and brand indexes and the real lengths.
 
         History ids missing from the dictionary (or known by neither item nor category)
         carry no information and are dropped; then the last L are kept, most recent last.
-        An item added after training keeps its category (its item index is 0).
+        An item added after training keeps its category and brand (its item index is 0).
         """
         length = self.config.history_length
         rows = len(lengths)
         flat_items = np.where(codes >= 0, self.item_idx[codes], 0)
         flat_cats = np.where(codes >= 0, self.cat_idx[codes], 0)
+        flat_brands = np.where(codes >= 0, self.brand_idx[codes], 0)
         row = np.repeat(np.arange(rows), lengths)
-        keep = (codes >= 0) & ((flat_items > 0) | (flat_cats > 0))
-        row, items, cats = row[keep], flat_items[keep], flat_cats[keep]
+        keep = (codes >= 0) & ((flat_items > 0) | (flat_cats > 0) | (flat_brands > 0))
+        row, items, cats, brands = row[keep], flat_items[keep], flat_cats[keep], flat_brands[keep]
         kept = np.bincount(row, minlength=rows)
         # Position of each kept entry counted from the end of its row (0 = most recent).
         starts = np.cumsum(kept) - kept
         from_end = kept[row] - 1 - (np.arange(len(row)) - starts[row])
         recent = from_end < length
-        hist_items = np.zeros((rows, length), np.int64)
-        hist_cats = np.zeros((rows, length), np.int64)
-        hist_items[row[recent], length - 1 - from_end[recent]] = items[recent]
-        hist_cats[row[recent], length - 1 - from_end[recent]] = cats[recent]
-        return hist_items, hist_cats, np.minimum(kept, length)
+        slot = length - 1 - from_end[recent]
+        out = []
+        for values in (items, cats, brands):
+            padded = np.zeros((rows, length), np.int64)
+            padded[row[recent], slot] = values[recent]
+            out.append(padded)
+        return (*out, np.minimum(kept, length))
 
 
 def dense_column(candidates: pd.DataFrame, column: str, rows: int, dim: int) -> np.ndarray:

@@ -8,6 +8,7 @@ or NaN, the output is bit-for-bit the same.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 from .mlp import MLP
 
 WEIGHTINGS = ("sigmoid", "softmax")
+SIMILARITIES = ("none", "cosine")
 
 
 def masked_positions(hist_len: torch.Tensor, length: int) -> torch.Tensor:
@@ -46,19 +48,28 @@ class AttentionPooling(nn.Module):
     trained worse on the generated data, while the intensity reaches the head anyway
     through the user's activity counts in `user_dense`.
 
+    `similarity="cosine"` adds t * cos(h, c) to the unit's score, t a learned temperature
+    (starting at 5): with softmax weighting a high t puts the weight on the one most
+    similar history item, which the MLP unit can express only with many parameters.
+
     Args:
         dim: E, the size of an item representation.
         hidden: widths of the unit's hidden layers.
         weighting: `sigmoid` or `softmax`.
+        similarity: `none` or `cosine`.
 
     Shapes: history (B, L, E), candidate (B, E), mask (B, L) → pooled (B, E), weights (B, L).
     """
 
-    def __init__(self, dim: int, hidden: Sequence[int] = (64, 32), weighting: str = "softmax"):
+    def __init__(self, dim: int, hidden: Sequence[int] = (64, 32), weighting: str = "softmax",
+                 similarity: str = "none"):
         super().__init__()
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown attention weighting {weighting!r}; expected one of {WEIGHTINGS}")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"unknown attention similarity {similarity!r}; expected one of {SIMILARITIES}")
         self.weighting = weighting
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(5.0))) if similarity == "cosine" else None
         # PReLU here, never Dice: Dice's batch statistics would mix padded positions into
         # the activations of real ones.
         self.unit = MLP(4 * dim, hidden, activation="prelu", out_dim=1)
@@ -92,6 +103,8 @@ class AttentionPooling(nn.Module):
         w_h, w_c, w_d, w_p = first.weight.chunk(4, dim=1)  # each (H1, E)
         hidden = real @ (w_h + w_d).T + (real * c) @ w_p.T + c @ (w_c - w_d).T + first.bias  # (N, H1)
         values = rest(hidden).squeeze(-1)  # (N,)
+        if self.log_temperature is not None:
+            values = values + self.log_temperature.exp() * nn.functional.cosine_similarity(real, c, dim=-1, eps=1e-6)
         return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)
 
     def _weights(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,128 @@
+"""The fitted oracle: the generator's own click model with learned item vectors.
+
+The true oracle (the planted p_click) knows the hidden item vectors; no learner does. The
+fitted oracle knows the functional form of the truth (`recpipe.generate.clicks`) and
+nothing else:
+
+    logit = b + w * max_j cos(v_candidate, v_j) + b_candidate - d * position
+
+over the last `history_window` entries of the history, with every item vector v, the
+per-item bias b_i (standing in for popularity), w, d and b fitted by maximum likelihood
+on the train rows, with early stopping on the valid rows. A user without history gets a
+learned constant in place of the similarity (the truth uses interest centres no learner
+sees). This is about the best any learner can do with these rows: how far a ranker is
+from it says what is left to learn, while the distance from the fitted oracle to the
+true one is what the data cannot teach.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from recpipe.config import FittedOracleConfig
+from recpipe.metrics import auc
+
+log = logging.getLogger("recpipe.ranker")
+
+COLUMNS = ("item_idx", "hist_items", "hist_len", "position", "label")
+
+
+class ClickForm(nn.Module):
+    """The truth's functional form with learned parameters (see the module docstring)."""
+
+    def __init__(self, items: int, dim: int):
+        super().__init__()
+        self.vectors = nn.Embedding(items, dim)
+        self.item_bias = nn.Embedding(items, 1)
+        nn.init.zeros_(self.item_bias.weight)
+        self.bias = nn.Parameter(torch.tensor(-3.0))
+        self.similarity_weight = nn.Parameter(torch.tensor(1.0))
+        self.position_decay = nn.Parameter(torch.tensor(0.0))
+        self.empty_similarity = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, item: torch.Tensor, history: torch.Tensor, real: torch.Tensor,
+                position: torch.Tensor) -> torch.Tensor:
+        candidate = nn.functional.normalize(self.vectors(item), dim=-1)  # (B, D)
+        past = nn.functional.normalize(self.vectors(history), dim=-1)  # (B, H, D)
+        cos = torch.einsum("bd,bhd->bh", candidate, past).masked_fill(~real, -2.0)
+        nearest = cos.max(dim=1).values
+        similarity = torch.where(real.any(dim=1), nearest, self.empty_similarity)
+        slot = position.clamp_min(0).float()  # an unlogged position (-1) counts as the first slot
+        return (self.bias + self.similarity_weight * similarity + self.item_bias(item).squeeze(-1)
+                - self.position_decay * slot)
+
+
+def window_inputs(arrays: Mapping[str, np.ndarray], window: int, items: int) -> list[torch.Tensor]:
+    """Candidate, the last `window` history entries with their mask, and position, as
+    tensors (ids outside the vocabulary are 0, never read as a real entry)."""
+    hist = np.asarray(arrays["hist_items"])[:, -window:].astype(np.int64)
+    length = np.minimum(np.asarray(arrays["hist_len"]), hist.shape[1])
+    real = np.arange(hist.shape[1])[None, :] >= (hist.shape[1] - length)[:, None]
+    inside = lambda ids: np.where((ids > 0) & (ids < items), ids, 0)  # noqa: E731
+    real &= inside(hist) > 0
+    position = arrays["position"] if "position" in arrays else np.full(len(hist), -1)
+    return [torch.as_tensor(x) for x in (inside(np.asarray(arrays["item_idx"], np.int64)), inside(hist), real,
+                                          np.asarray(position, np.int64))]
+
+
+@torch.no_grad()
+def predict(model: ClickForm, inputs: list[torch.Tensor], batch_size: int = 65536) -> np.ndarray:
+    model.eval()
+    rows = len(inputs[0])
+    out = [torch.sigmoid(model(*[t[s:s + batch_size] for t in inputs])).numpy() for s in range(0, rows, batch_size)]
+    return np.concatenate(out).astype(np.float64) if out else np.empty(0)
+
+
+def fit(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], settings: FittedOracleConfig
+        ) -> tuple[ClickForm, dict[str, float]]:
+    """Fit the click form on `train`, keeping the epoch with the best valid AUC.
+
+    Returns:
+        The fitted model and `epochs` (trained), `best_epoch`, `valid_auc` (of the best).
+    """
+    items = 1 + int(max(np.max(train["item_idx"], initial=0), np.max(train["hist_items"], initial=0)))
+    torch.manual_seed(settings.seed)
+    model = ClickForm(items, settings.dim)
+    optimizer = torch.optim.Adam([
+        {"params": [p for n, p in model.named_parameters() if n != "item_bias.weight"], "weight_decay": 0.0},
+        {"params": [model.item_bias.weight], "weight_decay": settings.bias_decay},
+    ], lr=settings.learning_rate)
+    train_inputs = window_inputs(train, settings.history_window, items)
+    valid_inputs = window_inputs(valid, settings.history_window, items)
+    labels = torch.as_tensor(np.asarray(train["label"], np.float32))
+    loss_fn = nn.BCEWithLogitsLoss()
+    generator = torch.Generator().manual_seed(settings.seed)
+    best = (-math.inf, 0, None)
+    epoch = 0
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(order), settings.batch_size):
+            rows = order[start:start + settings.batch_size]
+            loss = loss_fn(model(*[t[rows] for t in train_inputs]), labels[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        score = auc(np.asarray(valid["label"]), predict(model, valid_inputs))
+        if score > best[0]:
+            best = (score, epoch, {k: v.clone() for k, v in model.state_dict().items()})
+        elif epoch - best[1] >= settings.patience:
+            break
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    log.info("fitted oracle: %d epochs, best %d (valid AUC %.4f)", epoch, best[1], best[0])
+    return model, {"epochs": float(epoch), "best_epoch": float(best[1]), "valid_auc": float(best[0])}
+
+
+def fitted_oracle_scores(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray],
+                         test: Mapping[str, np.ndarray], settings: FittedOracleConfig) -> np.ndarray:
+    """The fitted oracle's click probabilities for the test rows."""
+    model, _ = fit(train, valid, settings)
+    items = model.vectors.num_embeddings
+    return predict(model, window_inputs(test, settings.history_window, items))
