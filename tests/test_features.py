@@ -121,6 +121,34 @@ def test_each_impression_sees_only_interactions_strictly_before_it(spark):
     }
 
 
+def test_impression_category_shares_count_only_the_days_before_each_cut_off(spark):
+    """The cold-start feature is point in time: for (user, d) only impressions of days
+    d - lookback .. d - 1 count; none of day d itself (before or after the sample) nor later."""
+    from recpipe.etl.activity import CATEGORY_SHARES, daily_category_counts, impression_category_shares
+    from recpipe.etl.sequences import EVENT_DAY
+
+    d = 100
+    shown = [  # (user, item, day); item k has category k % 3 + 1, item 9 no category
+        (1, 3, d - 5), (1, 3, d - 2), (1, 4, d - 1), (1, 9, d - 1),
+        (1, 5, d), (1, 5, d), (1, 3, d + 1),           # the day itself and later: never counted for d
+        (2, 4, d - 30),                                # outside a lookback of 10
+    ]
+    impressions = spark.createDataFrame(shown, f"user_idx int, item_idx int, {EVENT_DAY} int")
+    categories = spark.createDataFrame([(k, k % 3 + 1) for k in range(1, 9)], "item_idx int, cat_idx int")
+    targets = spark.createDataFrame([(1, d), (1, d + 2), (2, d), (3, d)], f"user_idx int, {EVENT_DAY} int")
+
+    shares = impression_category_shares(daily_category_counts(impressions, categories, 3), targets, 3,
+                                        lookback_days=10)
+    out = {(r["user_idx"], r[EVENT_DAY]): [round(x, 4) for x in r[CATEGORY_SHARES]] for r in shares.collect()}
+
+    assert out == {
+        (1, d): [round(2 / 3, 4), round(1 / 3, 4), 0.0],   # items 3, 3 (cat 1) and 4 (cat 2); item 9 has none
+        (1, d + 2): [0.5, round(1 / 6, 4), round(2 / 6, 4)],  # two days later, day d and d + 1 count too
+        (2, d): [0.0, 0.0, 0.0],                           # the one impression is older than the look-back
+        (3, d): [0.0, 0.0, 0.0],                           # never shown anything
+    }
+
+
 # --- features ------------------------------------------------------------------------
 
 WINDOWS = (1, 7, 30)

@@ -219,3 +219,24 @@ def test_the_cosine_term_lets_attention_pick_the_most_similar_item():
     history = torch.tensor([[[0.0, 1.0, 0.0, 0.0], [0.9, 0.1, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]])
     pooled, weights = pool(history, candidate, torch.ones(1, 3, dtype=torch.bool))
     assert weights[0].argmax() == 1 and weights[0, 1] > 0.99
+
+
+def test_the_candidates_category_share_reaches_the_head_and_empty_histories_still_differ():
+    """A user without clicks is not blank: their past impressions' category shares (in
+    user_dense) tell candidates of a shown category from others."""
+    torch.manual_seed(0)
+    model = build_model(config(user_dense_dim=U + 5, user_dense_mean=(), user_dense_std=(), category_share_start=U,
+                               category_share_width=5)).eval()
+    inputs = batch()
+    inputs[HIST_LEN] = torch.zeros(B, dtype=torch.long)  # no history at all
+    shares = torch.zeros(B, 5)
+    shares[:, 1] = 1.0  # every impression so far showed category 2
+    inputs[INPUTS.index("user_dense")] = torch.cat([torch.zeros(B, U), shares], dim=1)
+    inputs[CAT] = torch.tensor([2, 3, 2, 3, 2, 3])
+    interest = model.category_interest(inputs[INPUTS.index("user_dense")], inputs[CAT])
+    assert interest[:, 0].tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]  # the share of the candidate's own category
+    assert torch.allclose(interest[0, 1:], model.cat_embedding.weight[2] ** 2)
+    logits = model(*inputs)
+    assert logits[0] != logits[1]
+    model_without = build_model(config())
+    assert model_without.share_width == 0

@@ -97,8 +97,9 @@ def test_registered_version_loads_and_scores_where_recpipe_cannot_be_imported(sc
         model = mlflow.pyfunc.load_model("models:/attention-ranker/{logged['version']}")
         frame = pd.read_json(sys.stdin.read(), orient="records")
         scores = model.predict(frame)
+        bare = model.predict(frame[["item_id", "history"]])  # what a consumer may send: ids only
     """) + RECPIPE_NOT_LOADED + textwrap.dedent("""
-        print(json.dumps({"scores": scores.tolist(), "name": scores.name}))
+        print(json.dumps({"scores": scores.tolist(), "name": scores.name, "bare": bare.tolist()}))
     """)
     done = subprocess.run([sys.executable, "-c", script], input=candidates.to_json(orient="records"),
                           capture_output=True, text=True, timeout=240, cwd=tmp_path)
@@ -106,6 +107,14 @@ def test_registered_version_loads_and_scores_where_recpipe_cannot_be_imported(sc
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["name"] == "score"
     assert out["scores"] == pytest.approx(expected.tolist(), abs=1e-6)
+    # Ids alone score too: brand and category come from the packaged vocabulary, and an
+    # item the network never saw (i45, newer than the model) still scores, by its brand and
+    # category, differently from an id the vocabulary does not know.
+    bare = CandidateScorer.from_files(str(scorer_files[0]), str(scorer_files[1])).score(candidates[["item_id", "history"]])
+    assert out["bare"] == pytest.approx(bare.tolist(), abs=1e-6)
+    assert all(0.0 < p < 1.0 for p in out["bare"])
+    newer = pd.DataFrame({"item_id": ["i45", "never-seen-item"], "history": [["i1"], ["i1"]]})
+    assert len(set(CandidateScorer.from_files(str(scorer_files[0]), str(scorer_files[1])).score(newer))) == 2
 
 
 def test_the_model_code_ships_without_the_training_modules(tmp_path):

@@ -177,6 +177,7 @@ class FeaturesConfig:
     lookback_days: int
     windows_days: tuple
     top_categories: int
+    category_shares: bool
     attribution_minutes: int
     train_days: int
     eval_split: str

@@ -31,6 +31,9 @@ from recpipe.schema import (
 )
 
 _LAST_MS = "_last_interaction_ms"
+_CAT_COUNTS = "_cat_counts"   # per (user, day): impressions per category, an array over cat_idx 1..C
+_COUNT = "_count"
+CATEGORY_SHARES = "_impression_category_shares"
 _PROBE = "_probe"
 FROM_DAY, TO_DAY = "_from_day", "_to_day"   # the epoch days a catalogue snapshot applies to
 _SPAN_ITEM = "_span_item_idx"
@@ -103,6 +106,74 @@ def rolling_activity(daily: DataFrame, targets: DataFrame, key: str, windows_day
         .where(F.col(_PROBE))
         .select(key, EVENT_DAY, *[count_name(t, w) for w in windows_days for t in EVENT_TYPES],
                 *[_ctr(w).alias(ctr_name(w)) for w in windows_days], RECENCY_DAYS)
+    )
+
+
+def daily_category_counts(impressions: DataFrame, item_categories: DataFrame, categories: int) -> DataFrame:
+    """One row per (user, day) with impressions: how many of them showed each category.
+
+    Args:
+        impressions: events with `user_idx`, `item_idx`, `event_day`.
+        item_categories: `item_idx`, `cat_idx`.
+        categories: C; categories 1..C are counted (unknown, 0, is not).
+
+    Returns:
+        `user_idx`, `event_day`, `_cat_counts` (array<long> of C counts, cat_idx k at k - 1).
+    """
+    require_columns(impressions, [USER_IDX, ITEM_IDX, EVENT_DAY], "daily_category_counts")
+    per_category = (
+        impressions
+        .join(item_categories.select(ITEM_IDX, CAT_IDX), ITEM_IDX, "inner")
+        .where(F.col(CAT_IDX).between(1, categories))
+        .groupBy(USER_IDX, EVENT_DAY, CAT_IDX)
+        .agg(F.count(F.lit(1)).alias(_COUNT))
+        .groupBy(USER_IDX, EVENT_DAY)
+        .agg(F.map_from_entries(F.collect_list(F.struct(CAT_IDX, _COUNT))).alias("_by_cat"))
+    )
+    dense = F.transform(F.sequence(F.lit(1), F.lit(categories)),
+                        lambda k: F.coalesce(F.element_at(F.col("_by_cat"), k), F.lit(0)).cast("long"))
+    return per_category.select(USER_IDX, EVENT_DAY, dense.alias(_CAT_COUNTS))
+
+
+def impression_category_shares(daily_counts: DataFrame, targets: DataFrame, categories: int,
+                               lookback_days: int) -> DataFrame:
+    """Each target (user, day)'s impressions per category over the days d - lookback .. d - 1,
+    as shares of all of them: what the feed has been showing a user, which follows their
+    interests even before their first click (all zeros when there were none).
+
+    Point in time like every user feature: only days before the target day's cut-off
+    count, so no impression at or after a sample's own time (nor earlier that day) does.
+
+    Returns:
+        `user_idx`, `event_day`, `_impression_category_shares` (array<float> of C shares).
+    """
+    zeros = F.array_repeat(F.lit(0).cast("long"), categories)
+    rows = (
+        daily_counts.select(USER_IDX, EVENT_DAY, _CAT_COUNTS, F.lit(False).alias(_PROBE))
+        .unionByName(targets.select(USER_IDX, EVENT_DAY, zeros.alias(_CAT_COUNTS), F.lit(True).alias(_PROBE)))
+    )
+    before = Window.partitionBy(USER_IDX).orderBy(EVENT_DAY).rangeBetween(-lookback_days, -1)
+    summed = F.aggregate(F.collect_list(_CAT_COUNTS).over(before), zeros,
+                         lambda total, day: F.zip_with(total, day, lambda a, b: a + b))
+    return (
+        rows
+        .select(USER_IDX, EVENT_DAY, _PROBE, summed.alias("_summed"))
+        .where(F.col(_PROBE))
+        .withColumn("_all", F.aggregate("_summed", F.lit(0).cast("long"), lambda a, b: a + b))
+        .select(USER_IDX, EVENT_DAY,
+                F.transform("_summed", lambda n: (n / F.greatest(F.col("_all"), F.lit(1))).cast("float"))
+                .alias(CATEGORY_SHARES))
+    )
+
+
+def with_category_shares(user_asof: DataFrame, shares: DataFrame, categories: int) -> DataFrame:
+    """`user_dense` with the category shares appended (zeros for a (user, day) without any)."""
+    zeros = F.array_repeat(F.lit(0.0).cast("float"), categories)
+    return (
+        user_asof
+        .join(shares, [USER_IDX, EVENT_DAY], "left")
+        .withColumn(USER_DENSE, F.concat(F.col(USER_DENSE), F.coalesce(F.col(CATEGORY_SHARES), zeros)))
+        .drop(CATEGORY_SHARES)
     )
 
 

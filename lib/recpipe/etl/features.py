@@ -30,9 +30,12 @@ from recpipe.etl.activity import (
     build_item_features,
     build_user_features,
     daily_activity,
+    daily_category_counts,
     favourite_categories,
+    impression_category_shares,
     item_features_as_of,
     user_features_as_of,
+    with_category_shares,
 )
 from recpipe.etl.feature_names import item_dense_names, user_dense_names
 from recpipe.etl.sequences import (
@@ -242,12 +245,15 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
 
     # One window pass each serves day D (the tables) and every impression's day (the
     # samples); persisted because both read them.
-    user_asof = user_features_as_of(
-        daily_users,
-        user_targets.unionByName(impressions.select(USER_IDX, EVENT_DAY)).distinct(),
-        windows,
-        fc.lookback_days,
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    user_days = user_targets.unionByName(impressions.select(USER_IDX, EVENT_DAY)).distinct()
+    user_asof = user_features_as_of(daily_users, user_days, windows, fc.lookback_days)
+    categories = category_count(item_categories) if fc.category_shares else 0
+    if categories:
+        shown = before_cutoff.where(F.col(EVENT_TYPE) == "impression")
+        shares = impression_category_shares(daily_category_counts(shown, item_categories, categories), user_days,
+                                            categories, fc.lookback_days)
+        user_asof = with_category_shares(user_asof, shares, categories)
+    user_asof = user_asof.persist(StorageLevel.MEMORY_AND_DISK)
     item_asof = item_features_as_of(
         daily_items,
         item_targets.unionByName(impressions.select(ITEM_IDX, EVENT_DAY)).distinct(),
@@ -284,7 +290,7 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
             negative_sampling_rate=fc.negative_sampling_rate,
             seed=fc.sampling_seed,
         )
-        summary["samples"] = write_samples_and_meta(samples, cfg, date, windows)
+        summary["samples"] = write_samples_and_meta(samples, cfg, date, windows, categories)
     finally:
         user_asof.unpersist()
         item_asof.unpersist()
@@ -292,7 +298,13 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     return summary
 
 
-def write_samples_and_meta(samples: DataFrame, cfg: Config, date: dt.date, windows: tuple) -> dict[str, int]:
+def category_count(item_categories: DataFrame) -> int:
+    """C, the largest category index of the catalogue: the width of the category shares."""
+    return int(item_categories.agg(F.max(CAT_IDX)).first()[0] or 0)
+
+
+def write_samples_and_meta(samples: DataFrame, cfg: Config, date: dt.date, windows: tuple,
+                           categories: int = 0) -> dict[str, int]:
     """Count the samples per split, write the splits, then `_meta.json` beside them.
 
     The samples are persisted for the duration: the counts decide the number of files of
@@ -324,7 +336,7 @@ def write_samples_and_meta(samples: DataFrame, cfg: Config, date: dt.date, windo
         "tensor_columns": [name for name in S.SAMPLE_COLUMNS if name != EVENT_ID],
         "history_length": fc.history_length,
         "history_event_types": list(fc.history_event_types),
-        "user_dense_features": user_dense_names(windows),
+        "user_dense_features": user_dense_names(windows, categories),
         "item_dense_features": item_dense_names(windows),
         "attribution_minutes": fc.attribution_minutes,
         # [first day, D]: train is the days before D, valid/test the evaluation days from D on.

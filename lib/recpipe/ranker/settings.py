@@ -7,6 +7,7 @@ import logging
 from typing import Any, Mapping
 
 from recpipe.config import RankerConfig
+from recpipe.etl.feature_names import CATEGORY_SHARE_PREFIX
 from recpipe.errors import ConfigError
 from recpipe.ranker.inputs import InputStats
 from recpipe.serving.layers.attention import SIMILARITIES, WEIGHTINGS
@@ -62,6 +63,7 @@ def model_config(rc: RankerConfig, stats: InputStats, meta: Mapping, name: str, 
         history_length=int(meta["history_length"]),
         user_dense_dim=len(meta["user_dense_features"]),
         item_dense_dim=len(meta["item_dense_features"]),
+        **category_shares(meta["user_dense_features"]),
         pooling=name,
         **{**network_settings(rc), "use_als_score": rc.use_als_score and als_scores_in_training(stats, date)},
         user_dense_mean=stats.user_dense_mean,
@@ -73,6 +75,12 @@ def model_config(rc: RankerConfig, stats: InputStats, meta: Mapping, name: str, 
         extra={"date": date.isoformat(), "user_dense_features": list(meta["user_dense_features"]),
                "item_dense_features": list(meta["item_dense_features"])},
     )
+
+
+def category_shares(user_dense_features: list[str]) -> dict[str, int]:
+    """Where the impression shares per category start in `user_dense`, and how many there are."""
+    at = [i for i, name in enumerate(user_dense_features) if name.startswith(CATEGORY_SHARE_PREFIX)]
+    return {"category_share_start": at[0] if at else -1, "category_share_width": len(at)}
 
 
 def als_scores_in_training(stats: InputStats, date: dt.date) -> bool:

@@ -5,7 +5,11 @@ As in DIN, an item (the candidate and every history entry) is represented by its
 shop (brand) and category ids: [item residual + brand, category]. The item's own row
 starts near zero and is weight-decayed, so a rare item falls back to its brand and
 category, which many more clicks train. Feed position enters training through a shallow
-tower added to the logit (PAL); at scoring the position is unknown, a constant.
+tower added to the logit (PAL); at scoring the position is unknown, a constant. For users
+without clicks yet (an empty history), the share of each category among their past
+impressions (part of `user_dense`) says what the feed has shown them, which follows their
+interests: the head gets the share of the candidate's category and the share-weighted
+category embedding crossed with the candidate's.
 
 Everything the network needs to be rebuilt is in `RankerModelConfig` (vocabulary sizes,
 widths, normalisation statistics), saved with every checkpoint and with the registered
@@ -63,6 +67,8 @@ class RankerModelConfig:
     item_init_std: float = -1.0  # the item rows' initial std; < 0: embedding_init_std
     position_buckets: int = 0  # rows of the position tower (slots 0..buckets-2, then the rest, plus unknown); 0: none
     attention_similarity: str = "none"  # cosine: a learned-temperature cos(h, c) added to the unit's score
+    category_share_start: int = -1  # where the C impression shares (cat_idx 1..C) start in user_dense; -1: none
+    category_share_width: int = 0  # C
     user_dense_mean: tuple = ()
     user_dense_std: tuple = ()
     item_dense_mean: tuple = ()
@@ -142,8 +148,10 @@ class RankerModel(nn.Module):
         self.register_buffer("item_mean", _stats(config.item_dense_mean, config.item_dense_dim, 0.0))
         self.register_buffer("item_std", _stats(config.item_dense_std, config.item_dense_dim, 1.0))
         dense = config.user_dense_dim + config.item_dense_dim + int(config.use_als_score)
-        # pooled history, candidate, their product, dense features
-        self.head = MLP(3 * dim + dense, config.head_hidden, config.activation, config.dropout, out_dim=1)
+        self.share_width = min(config.category_share_width, config.cat_vocab - 1) if config.category_share_start >= 0 else 0
+        interest = 1 + config.cat_embedding_dim if self.share_width > 0 else 0
+        # pooled history, candidate, their product, dense features, the category interest
+        self.head = MLP(3 * dim + dense + interest, config.head_hidden, config.activation, config.dropout, out_dim=1)
 
     def known(self, ids: torch.Tensor, vocab: int) -> torch.Tensor:
         """Ids outside [0, vocab) become 0, the unknown index (never an index error)."""
@@ -157,6 +165,17 @@ class RankerModel(nn.Module):
         if self.brand_embedding is not None:
             item = item + self.brand_embedding(self.known(brands.long(), self.config.brand_vocab))
         return torch.cat([item, self.cat_embedding(cats)], dim=-1)
+
+    def category_interest(self, user_dense: torch.Tensor, cat_idx: torch.Tensor) -> torch.Tensor:
+        """(B, 1 + cat dim): the share of the candidate's category among the user's past
+        impressions, and the share-weighted category embedding times the candidate's."""
+        start, width = self.config.category_share_start, self.share_width
+        shares = torch.nan_to_num(user_dense[:, start:start + width].float(), nan=0.0)  # (B, W), category k at k - 1
+        cats = self.known(cat_idx.long(), self.config.cat_vocab)
+        inside = (cats >= 1) & (cats <= width)
+        at_candidate = shares.gather(1, (cats - 1).clamp(0, width - 1).unsqueeze(1)).squeeze(1) * inside  # (B,)
+        interest = shares @ self.cat_embedding.weight[1:width + 1]  # (B, Ec)
+        return torch.cat([at_candidate.unsqueeze(1), interest * self.cat_embedding(cats)], dim=1)
 
     def position_logit(self, position: torch.Tensor | None, batch: int, device) -> torch.Tensor:
         """(B,) the position tower's offset: slot p is row p + 1 (the last row holds every
@@ -187,7 +206,9 @@ class RankerModel(nn.Module):
         if self.config.use_als_score:
             als = (als_score.float() - self.config.als_score_mean) / (self.config.als_score_std or 1.0)
             dense.append(torch.nan_to_num(als, nan=0.0).unsqueeze(1))  # (B, 1)
-        x = torch.cat([pooled, candidate, pooled * candidate, *dense], dim=1)  # (B, 3E + U + I + 1)
+        if self.share_width > 0:
+            dense.append(self.category_interest(user_dense, cat_idx))  # (B, 1 + Ec)
+        x = torch.cat([pooled, candidate, pooled * candidate, *dense], dim=1)  # (B, 3E + U + I + 1 [+ 1 + Ec])
         logits = self.head(x).squeeze(1) + self.position_logit(position, len(x), x.device)  # (B,)
         return logits, weights  # (B,), (B, L)
 
