@@ -466,7 +466,10 @@ def test_user_features_table_matches_a_recomputation(spark, lake):
                 assert row[f"{event_type}_{days}d"] == (window.event_type == event_type).sum()
         last = mine[mine.event_type.isin(INTERACTION_TYPES)].ts_ms.max()
         assert row.recency_days == pytest.approx((cutoff - last) / 86_400_000)
-        assert len(row.fav_cats) == 3 and len(row.user_dense) == 13
+        assert len(row.fav_cats) == 3 and len(row.user_dense) == 13 + 4  # activity and recency, then 4 category shares
+        shown = mine[(mine.event_type == "impression") & (mine.ts_ms >= cutoff - 10 * 86_400_000) & (mine.cat_idx > 0)]
+        expected = np.bincount(shown.cat_idx, minlength=5)[1:] / max(len(shown), 1)
+        assert row.user_dense[13:] == pytest.approx(expected, abs=1e-6)
 
 
 def test_samples_labels_splits_and_sampling_match_the_events(spark, lake):
@@ -498,7 +501,8 @@ def test_samples_labels_splits_and_sampling_match_the_events(spark, lake):
     assert meta["negative_sampling_rate"] == 0.5 and meta["history_length"] == L
     assert meta["rows"] == {s: int((samples.split == s).sum()) for s in ("train", "valid", "test")}
     assert meta["rows"] == lake["summary"]["samples"]
-    assert len(meta["user_dense_features"]) == 13 and len(meta["item_dense_features"]) == 13
+    assert len(meta["user_dense_features"]) == 13 + 4 and len(meta["item_dense_features"]) == 13
+    assert meta["user_dense_features"][13:] == [f"impression_share_cat{k:03d}" for k in range(1, 5)]
 
 
 def test_no_sample_sees_its_own_click_or_anything_later(spark, lake):
@@ -553,7 +557,10 @@ def test_every_sample_has_the_dense_features_of_its_own_day(lake):
         last = interactions[(interactions.user_idx == user) & (interactions.ts_ms < cutoff)
                             & (interactions.ts_ms >= cutoff - 10 * 86_400_000)].ts_ms.max()
         recency = 10.0 if pd.isna(last) else min((cutoff - last) / 86_400_000, 10.0)   # lookback_days = 10
-        expected = expected_activity(events, "user_idx", user, day) + [math.log1p(recency)]
+        shown = events[(events.user_idx == user) & (events.event_type == "impression") & (events.ts_ms < cutoff)
+                       & (events.ts_ms >= cutoff - 10 * 86_400_000) & (events.cat_idx > 0)]
+        shares = np.bincount(shown.cat_idx, minlength=5)[1:] / max(len(shown), 1)  # as of this day's cut-off only
+        expected = expected_activity(events, "user_idx", user, day) + [math.log1p(recency)] + shares.tolist()
         for dense in group.user_dense:
             assert np.allclose(dense, expected, rtol=1e-6, atol=1e-7), (user, day)
     for (item, day), group in samples.groupby(["item_idx", "day"]):
@@ -563,7 +570,7 @@ def test_every_sample_has_the_dense_features_of_its_own_day(lake):
 
     p1 = samples[(samples.user_idx == 99) & (samples.item_idx == 5)].iloc[0]   # on D-1: as of D-1 00:00
     assert p1.user_dense[1] == pytest.approx(math.log1p(1))                     # click_1d: the click of D-2 09:00
-    assert p1.user_dense[-1] == pytest.approx(math.log1p(15 / 24), rel=1e-6)   # 15 h before the cut-off
+    assert p1.user_dense[12] == pytest.approx(math.log1p(15 / 24), rel=1e-6)   # recency: 15 h before the cut-off
     assert p1.item_dense[-1] == pytest.approx(math.log1p(50.0), rel=1e-6)      # the price of D-1's snapshot
 
 
@@ -631,7 +638,7 @@ def test_samples_have_petastorm_types_and_enough_row_groups(spark, lake):
             rows += len(batch["label"])
             assert batch["hist_items"].dtype == torch.int32 and batch["hist_items"].shape[1:] == (L,)
             assert batch["hist_cats"].shape == batch["hist_items"].shape
-            assert batch["user_dense"].dtype == torch.float32 and batch["user_dense"].shape[1:] == (13,)
+            assert batch["user_dense"].dtype == torch.float32 and batch["user_dense"].shape[1:] == (17,)
             assert batch["item_dense"].shape[1:] == (13,) and batch["label"].dtype == torch.float32
             assert batch["ts_ms"].dtype == torch.int64 and batch["cat_idx"].dtype == torch.int32
     assert rows == meta["rows"]["train"]
