@@ -102,7 +102,9 @@ def test_two_trainings_with_one_seed_end_with_the_same_weights_and_another_seed_
     """Runs repeat: the same seed gives bit-identical weights on 2 gloo ranks (one reader
     thread per rank, rows shuffled inside row groups), so the test AUCs match to far more
     than 4 decimals; a different seed trains other weights."""
-    spec = job(tmp_path / "a", [200, 200, 200, 200], epochs=2, shuffle_queue=0)
+    # Many small row groups and three epochs: every rank's stream passes its shard several
+    # times, where a reader that reshuffles by thread timing would diverge.
+    spec = job(tmp_path / "a", [50] * 16, epochs=3, shuffle_queue=0)
     first = distributor().run(train, spec)
     again = distributor().run(train, TrainJob(**{**spec.to_dict(), "checkpoint_dir": str(tmp_path / "again")}))
     other = distributor().run(train, TrainJob(**{**spec.to_dict(), "checkpoint_dir": str(tmp_path / "other"),

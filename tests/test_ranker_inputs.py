@@ -165,3 +165,26 @@ def test_ranker_input_is_written_per_split_with_scores_and_train_statistics(spar
                 seen.append(row_keys(batch, 1)[0])
         shards.append(set(seen[:-1]))
     assert not shards[0] & shards[1] and shards[0] | shards[1] == set(row_keys(train, 40))
+
+
+def test_a_rank_s_stream_repeats_exactly_over_several_passes_with_one_seed(tmp_path):
+    """Same seed, same batches, pass after pass (the rows of each row group in a new order
+    each pass); another seed, another order."""
+    import hashlib
+
+    from recpipe.ranker.data import TrainStream
+    from recpipe.ranker.toy import write_toy_split
+
+    rows = write_toy_split(str(tmp_path / "train"), [40] * 12, files=3)
+
+    def batches(seed: int, rank: int) -> list[str]:
+        with TrainStream(str(tmp_path / "train"), batch_size=16, rank=rank, world=2, seed=seed, shuffle_queue=0,
+                         workers=1) as stream:
+            return [hashlib.md5(b"".join(v.numpy().tobytes() for v in next(stream).values())).hexdigest()
+                    for _ in range(4 * rows // 2 // 16)]  # four passes over the rank's shard
+
+    for rank in (0, 1):
+        first = batches(7, rank)
+        assert first == batches(7, rank)
+        assert len(set(first)) == len(first)  # a later pass is not a replay of the first
+    assert batches(8, 0) != batches(7, 0)

@@ -109,6 +109,10 @@ def test_attention_beats_mean_pooling_and_both_beat_als_and_popularity(trained):
         baselines = max(summary[f"test_als_{metric}"], summary[f"test_popularity_{metric}"])
         assert attention > mean > baselines, summary
         assert summary[f"test_oracle_{metric}"] > attention
+        # The fitted oracle (the truth's form, learned on the train rows) is a learner too:
+        # above popularity, below the truth it approximates.
+        fitted = summary[f"test_fitted_oracle_{metric}"]
+        assert summary[f"test_popularity_{metric}"] < fitted < summary[f"test_oracle_{metric}"], summary
 
 
 def test_the_run_holds_metrics_figures_inputs_and_a_challenger_version(trained):
@@ -124,6 +128,8 @@ def test_the_run_holds_metrics_figures_inputs_and_a_challenger_version(trained):
     for method in ("attention", "mean", "oracle"):
         assert {f"test_{method}_{m}" for m in ("auc", "gauc", "logloss", "calibration")} <= set(metrics)
     assert 0 < metrics["test_attention_auc_vs_oracle"] < 1
+    assert metrics["test_attention_auc_vs_fitted_oracle"] == pytest.approx(
+        metrics["test_attention_auc"] / metrics["test_fitted_oracle_auc"])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "attention_valid_auc")] == [1, 2, 3]
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert figures == {"figures/roc.png", "figures/training_curves.png", "figures/attention_heatmap.png"}

@@ -235,6 +235,7 @@ class RankerConfig:
     attention_hidden: tuple
     attention_weighting: str
     attention_similarity: str
+    pooled_similarity: bool
     head_hidden: tuple
     activation: str
     dropout: float

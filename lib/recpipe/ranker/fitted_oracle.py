@@ -8,7 +8,9 @@ nothing else:
 
 over the last `history_window` entries of the history, with every item vector v, the
 per-item bias b_i (standing in for popularity), w, d and b fitted by maximum likelihood
-on the train rows, with early stopping on the valid rows. A user without history gets a
+on the train rows, with early stopping on the valid rows. An item's vector is built the
+way the generator builds it, from what the data shows of it: a learned vector of its
+category plus one of its brand plus its own residual. A user without history gets a
 learned constant in place of the similarity (the truth uses interest centres no learner
 sees). This is about the best any learner can do with these rows: how far a ranker is
 from it says what is left to learn, while the distance from the fitted oracle to the
@@ -30,15 +32,20 @@ from recpipe.metrics import auc
 
 log = logging.getLogger("recpipe.ranker")
 
-COLUMNS = ("item_idx", "hist_items", "hist_len", "position", "label")
+COLUMNS = ("item_idx", "cat_idx", "brand_idx", "hist_items", "hist_cats", "hist_brands", "hist_len", "position",
+           "label")
 
 
 class ClickForm(nn.Module):
     """The truth's functional form with learned parameters (see the module docstring)."""
 
-    def __init__(self, items: int, dim: int):
+    def __init__(self, items: int, categories: int, brands: int, dim: int):
         super().__init__()
-        self.vectors = nn.Embedding(items, dim)
+        self.vectors = nn.Embedding(items, dim)  # the item's own residual
+        self.category_vectors = nn.Embedding(categories, dim)
+        self.brand_vectors = nn.Embedding(brands, dim)
+        with torch.no_grad():
+            self.vectors.weight.mul_(0.5)
         self.item_bias = nn.Embedding(items, 1)
         nn.init.zeros_(self.item_bias.weight)
         self.bias = nn.Parameter(torch.tensor(-3.0))
@@ -46,10 +53,16 @@ class ClickForm(nn.Module):
         self.position_decay = nn.Parameter(torch.tensor(0.0))
         self.empty_similarity = nn.Parameter(torch.tensor(0.0))
 
-    def forward(self, item: torch.Tensor, history: torch.Tensor, real: torch.Tensor,
+    def vector(self, items: torch.Tensor, cats: torch.Tensor, brands: torch.Tensor) -> torch.Tensor:
+        """Unit vectors: category + brand + residual, as the generator composes them."""
+        return nn.functional.normalize(
+            self.category_vectors(cats) + self.brand_vectors(brands) + self.vectors(items), dim=-1)
+
+    def forward(self, item: torch.Tensor, cat: torch.Tensor, brand: torch.Tensor, history: torch.Tensor,
+                history_cats: torch.Tensor, history_brands: torch.Tensor, real: torch.Tensor,
                 position: torch.Tensor) -> torch.Tensor:
-        candidate = nn.functional.normalize(self.vectors(item), dim=-1)  # (B, D)
-        past = nn.functional.normalize(self.vectors(history), dim=-1)  # (B, H, D)
+        candidate = self.vector(item, cat, brand)  # (B, D)
+        past = self.vector(history, history_cats, history_brands)  # (B, H, D)
         cos = torch.einsum("bd,bhd->bh", candidate, past).masked_fill(~real, -2.0)
         nearest = cos.max(dim=1).values
         similarity = torch.where(real.any(dim=1), nearest, self.empty_similarity)
@@ -58,17 +71,32 @@ class ClickForm(nn.Module):
                 - self.position_decay * slot)
 
 
-def window_inputs(arrays: Mapping[str, np.ndarray], window: int, items: int) -> list[torch.Tensor]:
-    """Candidate, the last `window` history entries with their mask, and position, as
-    tensors (ids outside the vocabulary are 0, never read as a real entry)."""
-    hist = np.asarray(arrays["hist_items"])[:, -window:].astype(np.int64)
+def vocabularies(train: Mapping[str, np.ndarray]) -> tuple[int, int, int]:
+    """1 + the largest item, category and brand index of the train rows."""
+    def top(*names: str) -> int:
+        return 1 + int(max(np.max(train[n], initial=0) for n in names))
+
+    return top("item_idx", "hist_items"), top("cat_idx", "hist_cats"), top("brand_idx", "hist_brands")
+
+
+def window_inputs(arrays: Mapping[str, np.ndarray], window: int, sizes: tuple[int, int, int]) -> list[torch.Tensor]:
+    """Candidate (item, category, brand), the last `window` history entries (the same
+    three) with their mask, and position, as tensors; ids outside the train vocabularies
+    are 0 (an item unseen in training keeps its category and brand)."""
+    def inside(name: str, size: int, last: bool = False) -> np.ndarray:
+        ids = np.asarray(arrays[name]).astype(np.int64)
+        ids = ids[:, -window:] if last else ids
+        return np.where((ids > 0) & (ids < size), ids, 0)
+
+    items, cats, brands = sizes
+    hist = inside("hist_items", items, last=True)
     length = np.minimum(np.asarray(arrays["hist_len"]), hist.shape[1])
     real = np.arange(hist.shape[1])[None, :] >= (hist.shape[1] - length)[:, None]
-    inside = lambda ids: np.where((ids > 0) & (ids < items), ids, 0)  # noqa: E731
-    real &= inside(hist) > 0
     position = arrays["position"] if "position" in arrays else np.full(len(hist), -1)
-    return [torch.as_tensor(x) for x in (inside(np.asarray(arrays["item_idx"], np.int64)), inside(hist), real,
-                                          np.asarray(position, np.int64))]
+    return [torch.as_tensor(x) for x in (
+        inside("item_idx", items), inside("cat_idx", cats), inside("brand_idx", brands),
+        hist, inside("hist_cats", cats, last=True), inside("hist_brands", brands, last=True), real,
+        np.asarray(position, np.int64))]
 
 
 @torch.no_grad()
@@ -86,16 +114,16 @@ def fit(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], settin
     Returns:
         The fitted model and `epochs` (trained), `best_epoch`, `valid_auc` (of the best).
     """
-    items = 1 + int(max(np.max(train["item_idx"], initial=0), np.max(train["hist_items"], initial=0)))
+    sizes = vocabularies(train)
     torch.manual_seed(settings.seed)
-    model = ClickForm(items, settings.dim)
+    model = ClickForm(*sizes, settings.dim)
     optimizer = torch.optim.Adam([
         {"params": [p for n, p in model.named_parameters() if n != "item_bias.weight"], "weight_decay": 0.0},
         {"params": [model.item_bias.weight], "weight_decay": settings.bias_decay},
     ], lr=settings.learning_rate)
-    train_inputs = window_inputs(train, settings.history_window, items)
-    valid_inputs = window_inputs(valid, settings.history_window, items)
-    labels = torch.as_tensor(np.asarray(train["label"], np.float32))
+    train_inputs = window_inputs(train, settings.history_window, sizes)
+    valid_inputs = window_inputs(valid, settings.history_window, sizes)
+    labels = torch.from_numpy(np.array(train["label"], np.float32))
     loss_fn = nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(settings.seed)
     best = (-math.inf, 0, None)
@@ -124,5 +152,4 @@ def fitted_oracle_scores(train: Mapping[str, np.ndarray], valid: Mapping[str, np
                          test: Mapping[str, np.ndarray], settings: FittedOracleConfig) -> np.ndarray:
     """The fitted oracle's click probabilities for the test rows."""
     model, _ = fit(train, valid, settings)
-    items = model.vectors.num_embeddings
-    return predict(model, window_inputs(test, settings.history_window, items))
+    return predict(model, window_inputs(test, settings.history_window, vocabularies(train)))

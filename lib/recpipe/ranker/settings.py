@@ -51,7 +51,7 @@ def network_settings(rc: RankerConfig) -> dict[str, Any]:
                 head_hidden=tuple(rc.head_hidden), activation=rc.activation, dropout=rc.dropout,
                 use_als_score=rc.use_als_score, embedding_init_std=rc.embedding_init_std,
                 item_init_std=rc.item_init_std, position_buckets=rc.position_buckets,
-                attention_similarity=rc.attention_similarity)
+                attention_similarity=rc.attention_similarity, pooled_similarity=rc.pooled_similarity)
 
 
 def model_config(rc: RankerConfig, stats: InputStats, meta: Mapping, name: str, date: dt.date) -> RankerModelConfig:

@@ -67,6 +67,7 @@ class RankerModelConfig:
     item_init_std: float = -1.0  # the item rows' initial std; < 0: embedding_init_std
     position_buckets: int = 0  # rows of the position tower (slots 0..buckets-2, then the rest, plus unknown); 0: none
     attention_similarity: str = "none"  # cosine: a learned-temperature cos(h, c) added to the unit's score
+    pooled_similarity: bool = False  # also give the head cos(pooled history, candidate)
     category_share_start: int = -1  # where the C impression shares (cat_idx 1..C) start in user_dense; -1: none
     category_share_width: int = 0  # C
     user_dense_mean: tuple = ()
@@ -150,8 +151,9 @@ class RankerModel(nn.Module):
         dense = config.user_dense_dim + config.item_dense_dim + int(config.use_als_score)
         self.share_width = min(config.category_share_width, config.cat_vocab - 1) if config.category_share_start >= 0 else 0
         interest = 1 + config.cat_embedding_dim if self.share_width > 0 else 0
-        # pooled history, candidate, their product, dense features, the category interest
-        self.head = MLP(3 * dim + dense + interest, config.head_hidden, config.activation, config.dropout, out_dim=1)
+        # pooled history, candidate, their product, dense features, their cosine, the category interest
+        self.head = MLP(3 * dim + dense + int(config.pooled_similarity) + interest, config.head_hidden,
+                        config.activation, config.dropout, out_dim=1)
 
     def known(self, ids: torch.Tensor, vocab: int) -> torch.Tensor:
         """Ids outside [0, vocab) become 0, the unknown index (never an index error)."""
@@ -206,6 +208,10 @@ class RankerModel(nn.Module):
         if self.config.use_als_score:
             als = (als_score.float() - self.config.als_score_mean) / (self.config.als_score_std or 1.0)
             dense.append(torch.nan_to_num(als, nan=0.0).unsqueeze(1))  # (B, 1)
+        if self.config.pooled_similarity:
+            # Attention that picks the nearest history item makes this the similarity to it;
+            # for mean pooling it is the similarity to the mean of the history.
+            dense.append(nn.functional.cosine_similarity(pooled, candidate, dim=1, eps=1e-6).unsqueeze(1))  # (B, 1)
         if self.share_width > 0:
             dense.append(self.category_interest(user_dense, cat_idx))  # (B, 1 + Ec)
         x = torch.cat([pooled, candidate, pooled * candidate, *dense], dim=1)  # (B, 3E + U + I + 1 [+ 1 + Ec])
