@@ -385,15 +385,16 @@ def test_snapshot_as_of_keeps_ids_known_by_the_day_and_those_it_uses(spark):
 
 def test_catalogue_is_deduplicated_and_indexed(spark):
     raw = spark.createDataFrame(
-        [("i2", "c2", "b", "3.5", "t2"), ("i1", "c1", "b", "-1", "t1"), ("i3", " ", "b", "x", "t3"),
+        [("i2", "c2", "b", "3.5", "t2"), ("i1", "c1", "a", "-1", "t1"), ("i3", " ", " ", "x", "t3"),
          ("i2", "c1", "b", "3.5", "t2"), (None, "c1", "b", "1", "t")],
         "item_id string, category string, brand string, price string, title string")
     raw = raw.unionByName(spark.createDataFrame([("i4", "c3", "b", "2", "t4")], raw.schema))
     items = dictionary(spark, [("i1", 1, D), ("i2", 2, D), ("i3", 3, D)], ITEM_ID, ITEM_IDX)  # i4 unknown: left out
     categories = dictionary(spark, [("c1", 1, D), ("c2", 2, D)], "category", "cat_idx")
-    got = sorted(tuple(r) for r in index_catalogue(clean_catalogue(raw), items, categories).collect())
-    assert got == [("i1", 1, "c1", 1, "b", None, "t1"), ("i2", 2, "c2", 2, "b", 3.5, "t2"),
-                   ("i3", 3, None, 0, "b", None, "t3")]
+    brands = dictionary(spark, [("a", 1, D), ("b", 2, D)], "brand", "brand_idx")
+    got = sorted(tuple(r) for r in index_catalogue(clean_catalogue(raw), items, categories, brands).collect())
+    assert got == [("i1", 1, "c1", 1, "a", 1, None, "t1"), ("i2", 2, "c2", 2, "b", 2, 3.5, "t2"),
+                   ("i3", 3, None, 0, None, 0, None, "t3")]  # a blank brand is none: brand_idx 0
 
 
 def test_index_events_gives_the_events_schema(spark):
@@ -522,14 +523,16 @@ def test_dictionaries_are_append_only_snapshots(spark, tiny_lake):
     assert table_rows(spark, cfg, "dim_users", D2) == [("u0", 3, D2), ("u1", 1, D), ("u2", 2, D)]
     assert table_rows(spark, cfg, "dim_items", D2) == [("i1", 1, D), ("i2", 2, D), ("i3", 3, D), ("i7", 5, D2), ("i9", 4, D)]
     assert table_rows(spark, cfg, "dim_categories", D2) == [("c1", 1, D), ("c2", 2, D)]
+    assert table_rows(spark, cfg, "dim_brands", D2) == [("b1", 1, D), ("b2", 2, D)]
     assert sorted((r["event_id"], r[USER_IDX], r[ITEM_IDX]) for r in io.read_day(spark, cfg, "events", D2).collect()) == \
         [("d", 1, 3), ("e", 3, 5)]
 
 
-def test_catalogue_snapshot_has_item_and_category_indexes(spark, tiny_lake):
+def test_catalogue_snapshot_has_item_category_and_brand_indexes(spark, tiny_lake):
     cfg, _ = tiny_lake
     assert table_rows(spark, cfg, "catalogue", D) == [
-        ("i1", 1, "c2", 2, "b1", 9.5, "one"), ("i2", 2, "c1", 1, "b1", 12.0, "two"), ("i3", 3, None, 0, "b2", 1.0, "three")]
+        ("i1", 1, "c2", 2, "b1", 1, 9.5, "one"), ("i2", 2, "c1", 1, "b1", 1, 12.0, "two"),
+        ("i3", 3, None, 0, "b2", 2, 1.0, "three")]
 
 
 def test_quality_report_is_written_and_logged_to_mlflow(spark, tiny_lake):
@@ -544,12 +547,12 @@ def test_quality_report_is_written_and_logged_to_mlflow(spark, tiny_lake):
                                         "bot_traffic": 4}.get(reason, 0) for reason in REJECT_REASONS},
         "accepted_by_type": {"impression": 1, "click": 2, "add_to_cart": 0, "purchase": 1, "rating": 0},
         "late_events": 1, "distinct_users": 2, "distinct_items": 3,
-        "new_ids": {"users": 2, "items": 4, "categories": 2}, "catalogue_items": 3, "quarantined_files": [],
+        "new_ids": {"users": 2, "items": 4, "categories": 2, "brands": 2}, "catalogue_items": 3, "quarantined_files": [],
     }
     assert reports[D] == expected
     written = Path(day_folder(cfg, "quality", D)) / "quality.json"
     assert json.loads(written.read_text()) == expected
-    assert reports[D2]["new_ids"] == {"users": 1, "items": 1, "categories": 0}
+    assert reports[D2]["new_ids"] == {"users": 1, "items": 1, "categories": 0, "brands": 0}
 
     client = mlflow.MlflowClient(tracking_uri(cfg))
     runs = client.search_runs([client.get_experiment_by_name("recpipe-etl").experiment_id],
@@ -591,7 +594,7 @@ def test_a_reconciliation_mismatch_stops_the_job_before_any_write(spark, tiny_la
     monkeypatch.setattr(clean, "classify_lines", lambda *a, **k: classify(*a, **k).where(F.col(LINE) != "junk"))
     with pytest.raises(DataError, match=r"read 2, but accepted 1 \+ rejected 0 = 1"):
         clean.run(spark, cfg, day3)
-    for name in ("events", "rejects", "dim_users", "dim_items", "dim_categories", "catalogue", "quality"):
+    for name in ("events", "rejects", "dim_users", "dim_items", "dim_categories", "dim_brands", "catalogue", "quality"):
         assert not io.table_exists(cfg, name, day3), name
 
 
@@ -607,7 +610,7 @@ def test_a_day_with_nothing_accepted_replaces_stale_events(spark, tiny_lake, tmp
 
 def test_cleaning_a_past_day_again_numbers_nothing_new(spark, tiny_lake, tmp_path):
     cfg = copy_lake(tiny_lake, tmp_path)
-    tables = ("events", "rejects", "dim_users", "dim_items", "dim_categories", "catalogue")
+    tables = ("events", "rejects", "dim_users", "dim_items", "dim_categories", "dim_brands", "catalogue")
     before = {name: checksum(spark, cfg, name, D) for name in tables}
     # The catalogue has listed a new item since: D's outputs stay as they were.
     write_raw_catalogue(cfg, [*CATALOGUE, {"item_id": "i8", "category": "c9", "brand": "b", "price": 1, "title": "t"}])
@@ -645,7 +648,7 @@ GENERATED = [
     "generate.rate_future_timestamp=0.005", "generate.rate_invalid_value=0.006",
     "generate.rate_duplicate_same_day=0.008", "generate.rate_duplicate_previous_day=0.006",
 ]
-SNAPSHOT_TABLES = ("events", "rejects", "dim_users", "dim_items", "dim_categories", "catalogue")
+SNAPSHOT_TABLES = ("events", "rejects", "dim_users", "dim_items", "dim_categories", "dim_brands", "catalogue")
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ FAST_JVM = "'-XX:TieredStopAtLevel=1 -XX:+UseSerialGC'"
 SUBMIT_CONF = f"submit.conf={{spark.log.level: WARN, spark.driver.extraJavaOptions: {FAST_JVM}, " \
               f"spark.executor.extraJavaOptions: {FAST_JVM}}}"
 # Tables of D compared row for row between the cluster run and the local run.
-ETL_TABLES = ["events", "rejects", "dim_users", "dim_items", "dim_categories", "catalogue", "user_features",
+ETL_TABLES = ["events", "rejects", "dim_users", "dim_items", "dim_categories", "dim_brands", "catalogue", "user_features",
               "item_features", "sequences", "samples"]
 # Ranker test metrics may differ this much (absolute): the ranks read their row groups on
 # other processes, and float reductions in training need not run in the same order.

@@ -218,7 +218,7 @@ def test_recover_reports_and_removes_the_versions_of_a_commit_never_made(tmp_pat
 
 # --- a clean killed between its tables -------------------------------------------------
 
-CLEAN_TABLES = ("events", "rejects", "dim_users", "dim_items", "dim_categories", "catalogue")
+CLEAN_TABLES = ("events", "rejects", "dim_users", "dim_items", "dim_categories", "dim_brands", "catalogue")
 
 
 def clean_state(cfg, day: dt.date) -> dict[str, str]:
