@@ -27,7 +27,7 @@ DATA = [
     # Clicks driven harder by the similarity to one recent item: the signal target attention is for.
     "generate.click_similarity_weight=9.0",
     "features.train_days=5", "features.min_files_per_split=4",
-    "als.rank=16", "als.max_iter=5", "als.top_k=60", "als.eval_ks=[10, 50]",
+    "als.rank=16", "als.max_iter=10", "als.top_k=60", "als.eval_ks=[10, 50]",
     # One reader thread per rank: row groups come in the seeded order, so a rerun trains identically.
     "ranker.reader_workers=1", "ranker.progress=false", "ranker.epochs=3", "ranker.num_processes=2",
 ]

@@ -9,6 +9,7 @@ the network inside the registered pyfunc.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 
 import numpy as np
 import pandas as pd
@@ -59,7 +60,9 @@ def attention_weights(cfg: Config, version: str, rows: pd.DataFrame) -> tuple[np
     with torch.no_grad():
         _, weights = scorer.model.forward_with_weights(*inputs)
     name_of = dict(zip(scorer.item_idx.tolist(), scorer.index.tolist()))
-    history = [[name_of.get(int(i), "") for i in row] for row in inputs[2].numpy()]
+    # The version's own code says where the history sits among the network's inputs.
+    names = list(sys.modules[type(scorer.model).__module__].INPUTS)
+    history = [[name_of.get(int(i), "") for i in row] for row in inputs[names.index("hist_items")].numpy()]
     return weights.float().numpy(), history
 
 
