@@ -31,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3, help="trainings of each network (seeds ranker.seed + k)")
     parser.add_argument("--repeat-check", action="store_true", help="train the attention network twice with the "
                         "first seed and report the test AUC difference")
-    parser.add_argument("--no-nightly", action="store_true", help="use the root as it is (ranker_input of D must exist)")
+    parser.add_argument("--no-nightly", action="store_true",
+                        help="use the root as it is (the samples of D must exist)")
     return parser.parse_args(argv)
 
 

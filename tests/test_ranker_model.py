@@ -119,9 +119,10 @@ def test_shapes_of_every_layer_and_model(activation):
     assert PReLU(5)(torch.randn(4, L, 5)).shape == (4, L, 5)
     pooled, weights = AttentionPooling(6, (8, 4))(torch.randn(B, L, 6), torch.randn(B, 6), torch.ones(B, L, dtype=torch.bool))
     assert pooled.shape == (B, 6) and weights.shape == (B, L)
-    model = build_model(config(activation=activation))
-    logits, weights = model.forward_with_weights(*batch())
-    assert logits.shape == (B,) and weights.shape == (B, L)
+    for pooled_similarity in (False, True):
+        model = build_model(config(activation=activation, pooled_similarity=pooled_similarity))
+        logits, weights = model.forward_with_weights(*batch())
+        assert logits.shape == (B,) and weights.shape == (B, L)
     assert model.embed(torch.tensor([[1, 2]]), torch.tensor([[1, 2]]), torch.tensor([[1, 2]])).shape == (1, 2, 6)
 
 

@@ -29,7 +29,8 @@ FEATURES = ("item_idx", "cat_idx", "brand_idx", "hist_items", "hist_cats", "hist
             "item_dense", "als_score", "position")
 TRAIN_COLUMNS = (*FEATURES, LABEL)
 EVAL_EXTRA = ("event_id", "user_idx")  # kept for grouping and joining the truth; not tensors
-ARRAY_COLUMNS = ("hist_items", "hist_cats", "hist_brands", "user_dense", "item_dense")  # stored wide, a column per position
+# Stored wide, a column per position.
+ARRAY_COLUMNS = ("hist_items", "hist_cats", "hist_brands", "user_dense", "item_dense")
 
 
 def wide_name(column: str, position: int) -> str:

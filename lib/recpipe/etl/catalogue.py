@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from recpipe.etl.rejects import BLANK, non_negative_number
@@ -31,6 +31,12 @@ def clean_catalogue(raw: DataFrame) -> DataFrame:
         .agg(F.max(attributes).alias(_ATTRIBUTES))
         .select(ITEM_ID, f"{_ATTRIBUTES}.*")
     )
+
+
+def brand_column(catalogue: DataFrame) -> Column:
+    """`brand_idx` of a catalogue frame; 0 (unknown) for a snapshot written before brands
+    had a dictionary."""
+    return F.col(BRAND_IDX) if BRAND_IDX in catalogue.columns else F.lit(PADDING_IDX).alias(BRAND_IDX)
 
 
 def index_catalogue(catalogue: DataFrame, items: DataFrame, categories: DataFrame, brands: DataFrame) -> DataFrame:

@@ -21,7 +21,9 @@ from recpipe import io, paths
 from recpipe.config import Config
 from recpipe.errors import DataError
 from recpipe.etl.rejects import BLANK
-from recpipe.schema import BRAND, BRAND_IDX, CAT_IDX, CATEGORY, FIRST_SEEN, ITEM_ID, ITEM_IDX, PADDING_IDX, USER_ID, USER_IDX
+from recpipe.schema import (
+    BRAND, BRAND_IDX, CAT_IDX, CATEGORY, FIRST_SEEN, ITEM_ID, ITEM_IDX, PADDING_IDX, USER_ID, USER_IDX,
+)
 
 _TOP = "_top"
 NEWEST = dt.date.max  # `as_of` that finds the newest snapshot, whatever its day

@@ -37,11 +37,11 @@ from recpipe.etl.activity import (
     user_features_as_of,
     with_category_shares,
 )
+from recpipe.etl.catalogue import brand_column
 from recpipe.etl.feature_names import item_dense_names, user_dense_names
 from recpipe.etl.sequences import (
     DAY_MS,
     EVENT_DAY,
-    brand_column,
     build_user_sequences,
     day_start_ms,
     epoch_day,

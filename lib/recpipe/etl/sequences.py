@@ -1,8 +1,8 @@
 """Behaviour sequences: a user's last L interactions before a point in time.
 
 Every sequence has the same layout: item ids (`hist_items`), their categories
-(`hist_cats`) and brands (`hist_brands`) as int32 arrays of exactly L, oldest first and most recent LAST, left-padded
-with 0, plus `hist_len`, the number of real entries. Interactions are ordered by
+(`hist_cats`) and brands (`hist_brands`) as int32 arrays of exactly L, oldest first and
+most recent LAST, left-padded with 0, plus `hist_len`, the number of real entries. Interactions are ordered by
 (`ts_ms`, `event_id`) so that ties are broken the same way on every run.
 
 Two builds share that layout:
@@ -25,9 +25,10 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from recpipe.etl.catalogue import brand_column
 from recpipe.schema import (
-    BRAND_IDX, CAT_IDX, EVENT_ID, EVENT_TYPE, HIST_BRANDS, HIST_CATS, HIST_ITEMS, HIST_LEN, ITEM_IDX, PADDING_IDX, TS, TS_MS, USER_IDX,
-    require_columns,
+    BRAND_IDX, CAT_IDX, EVENT_ID, EVENT_TYPE, HIST_BRANDS, HIST_CATS, HIST_ITEMS, HIST_LEN, ITEM_IDX, PADDING_IDX, TS,
+    TS_MS, USER_IDX, require_columns,
 )
 
 DAY_MS = 86_400_000
@@ -93,12 +94,6 @@ def select_interactions(events: DataFrame, item_categories: DataFrame, event_typ
             EVENT_ID,
         )
     )
-
-
-def brand_column(catalogue: DataFrame) -> Column:
-    """`brand_idx` of a catalogue frame; 0 (unknown) for a snapshot written before brands
-    had a dictionary."""
-    return F.col(BRAND_IDX) if BRAND_IDX in catalogue.columns else F.lit(PADDING_IDX).alias(BRAND_IDX)
 
 
 def last_interactions(interactions: DataFrame, count: int, before_ms: int) -> DataFrame:

@@ -13,7 +13,7 @@ from recpipe import io
 from recpipe.config import Config
 from recpipe.errors import DataError
 from recpipe.etl.dictionaries import ITEMS, read_snapshot
-from recpipe.etl.sequences import brand_column
+from recpipe.etl.catalogue import brand_column
 from recpipe.schema import BRAND_IDX, CAT_IDX, ITEM_DENSE, ITEM_ID, ITEM_IDX
 from recpipe.stage import Partition
 

@@ -53,6 +53,11 @@ class ClickForm(nn.Module):
         self.position_decay = nn.Parameter(torch.tensor(0.0))
         self.empty_similarity = nn.Parameter(torch.tensor(0.0))
 
+    def sizes(self) -> tuple[int, int, int]:
+        """The item, category and brand vocabularies it was built for."""
+        return (self.vectors.num_embeddings, self.category_vectors.num_embeddings,
+                self.brand_vectors.num_embeddings)
+
     def vector(self, items: torch.Tensor, cats: torch.Tensor, brands: torch.Tensor) -> torch.Tensor:
         """Unit vectors: category + brand + residual, as the generator composes them."""
         return nn.functional.normalize(
@@ -152,4 +157,4 @@ def fitted_oracle_scores(train: Mapping[str, np.ndarray], valid: Mapping[str, np
                          test: Mapping[str, np.ndarray], settings: FittedOracleConfig) -> np.ndarray:
     """The fitted oracle's click probabilities for the test rows."""
     model, _ = fit(train, valid, settings)
-    return predict(model, window_inputs(test, settings.history_window, vocabularies(train)))
+    return predict(model, window_inputs(test, settings.history_window, model.sizes()))

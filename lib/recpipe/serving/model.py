@@ -149,7 +149,8 @@ class RankerModel(nn.Module):
         self.register_buffer("item_mean", _stats(config.item_dense_mean, config.item_dense_dim, 0.0))
         self.register_buffer("item_std", _stats(config.item_dense_std, config.item_dense_dim, 1.0))
         dense = config.user_dense_dim + config.item_dense_dim + int(config.use_als_score)
-        self.share_width = min(config.category_share_width, config.cat_vocab - 1) if config.category_share_start >= 0 else 0
+        shares = config.category_share_start >= 0
+        self.share_width = min(config.category_share_width, config.cat_vocab - 1) if shares else 0
         interest = 1 + config.cat_embedding_dim if self.share_width > 0 else 0
         # pooled history, candidate, their product, dense features, their cosine, the category interest
         self.head = MLP(3 * dim + dense + int(config.pooled_similarity) + interest, config.head_hidden,
