@@ -17,6 +17,11 @@ print(cfg.table_path("raw_events"))
 PY
 )
 if [[ ! -d "$RAW" ]]; then
+  if [[ -z "$SOURCE" || ! -e "$SOURCE" ]]; then
+    echo "report.sh: no MovieLens data set at '${SOURCE}'; get it with: $BIN/recpipe datasets fetch ml-latest-small" \
+      "(or pass MOVIELENS=a MovieLens zip or folder)" >&2
+    exit 2
+  fi
   "$BIN/recpipe" ingest-movielens --conf "$CONF" "$@" --source "$SOURCE"
 fi
 "$BIN/recpipe" history --conf "$CONF" "$@"

@@ -10,7 +10,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONF = REPO / "conf" / "local.yaml"
-SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 # Start of a `python -c` script for a consumer's process: any import of recpipe fails, so
 # what the script loads must carry its own code (a registered model's code_paths).
@@ -50,6 +49,17 @@ def network_settings(**overrides) -> dict:
     from recpipe.ranker.settings import network_settings as from_config
 
     return {**from_config(load_config(LOCAL_CONF).ranker), **overrides}
+
+
+def movielens_zip(name: str = "ml-latest-small") -> Path:
+    """The release's zip where `recpipe.datasets` finds it (the cache, or the CI's shared copy);
+    skips the test when it is in neither."""
+    from recpipe.datasets import locate
+
+    found = locate(name)
+    if found is None:
+        pytest.skip(f"{name}.zip not found; fetch it with `recpipe datasets fetch {name}`")
+    return found
 
 
 def free_port() -> int:

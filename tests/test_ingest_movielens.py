@@ -12,7 +12,7 @@ import pytest
 
 from recpipe.errors import DataError
 from recpipe.ingest.movielens import ingest
-from tests.conftest import SHARED_DATASETS
+from tests.conftest import movielens_zip
 
 # Same four ratings in every format: user 1 likes movie 10 (4.5) and not 20 (2.0); user 2
 # gives movie 10 a 4.0 (a click: the threshold is inclusive) and movie 30 a 3.5. The last
@@ -104,7 +104,7 @@ def test_ml_latest_small_ingests_every_rating(make_config):
     # That the pipeline then cleans all of it without a reject is shown by the
     # whole-history run in tests/test_movielens_report.py.
     cfg = make_config()
-    report = ingest(cfg, str(SHARED_DATASETS / "ml-latest-small.zip"))
+    report = ingest(cfg, str(movielens_zip()))
     assert report["impressions"] == 100_836 and report["catalogue_items"] == 9_742
     assert report["clicks"] == 48_580 and report["users"] == 610 and report["malformed"] == {}
     assert (report["first_day"], report["last_day"], report["days"]) == ("1996-03-29", "2018-09-24", 4_110)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from recpipe.config import load_config
 
-from tests.conftest import REPO, SHARED_DATASETS
+from tests.conftest import REPO, movielens_zip
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.ddp, pytest.mark.timeout(2400)]
 
@@ -28,6 +28,7 @@ def movielens(spark, tmp_path_factory):
     from recpipe.ingest.movielens import ingest
     from recpipe.report import write_results
 
+    source = movielens_zip()  # before the session's settings change: a skip leaves them as they are
     root = tmp_path_factory.mktemp("movielens") / "root"
     overrides = [f"paths.root={root}", "ranker.progress=false"]
     cfg = load_config(CONF, overrides)
@@ -37,7 +38,7 @@ def movielens(spark, tmp_path_factory):
     for key, value in cfg.spark.extra.items():
         spark.conf.set(key, str(value))
     try:
-        ingest(cfg, str(SHARED_DATASETS / "ml-latest-small.zip"))
+        ingest(cfg, str(source))
         results = history.run(cfg)
         output = root.parent / "results.md"
         write_results(spark, cfg, None, str(output))
