@@ -375,6 +375,31 @@ def test_assign_new_indexes_starts_at_one_leaving_zero_for_padding(spark):
     assert sorted((r[USER_ID], r[USER_IDX]) for r in got) == [("a", 1), ("b", 2)]
 
 
+def test_assign_new_indexes_numbers_in_id_order_across_partitions(spark):
+    """The new ids spread over several sorted partitions are numbered as one sequence."""
+    names = [f"u{n:03d}" for n in range(200)]
+    ids = spark.createDataFrame([(name,) for name in reversed(names)], "user_id string").repartition(5)
+    existing = dictionary(spark, [("u050", 1, D)])
+    spark.conf.set("spark.sql.adaptive.coalescePartitions.enabled", "false")  # keep the 4 sorted partitions
+    try:
+        got = assign_new_indexes(existing, ids, key=USER_ID, index=USER_IDX, day=D).collect()
+    finally:
+        spark.conf.unset("spark.sql.adaptive.coalescePartitions.enabled")
+    new = [name for name in names if name != "u050"]
+    assert sorted((r[USER_IDX], r[USER_ID]) for r in got) == [(1, "u050"), *enumerate(new, start=2)]
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([("a", 2), ("b", 3)], "indexes are not dense from 1: 1 is missing (the next is 2, id 'a')"),
+    ([("a", 1), ("b", 2), ("c", 5), ("d", 7)], "indexes are not dense from 1: 3 is missing (the next is 5, id 'c')"),
+    ([("a", 0), ("b", 1), ("c", 2)], "id 'a' has index 0, below 1 (0 is padding, no id's)"),
+], ids=["from-2", "gap", "padding"])
+def test_first_violation_names_the_first_missing_index_or_one_below_one(spark, rows, message):
+    from recpipe.etl.dictionaries import first_violation
+
+    assert first_violation(dictionary(spark, [(key, index, D) for key, index in rows]), USERS) == message
+
+
 def test_snapshot_as_of_keeps_ids_known_by_the_day_and_those_it_uses(spark):
     d0, d1, d2 = D, D2, D2 + dt.timedelta(days=1)
     full = dictionary(spark, [("a", 1, d0), ("b", 2, d1), ("c", 3, d2), ("d", 4, d2)])

@@ -49,7 +49,8 @@ def clean_in_one_job(cfg: Config, first: dt.date, last: dt.date, *, force: bool 
             log.info("clean %s..%s: skipping, every day is cleaned (--force reruns)", first, last)
             return StageOutcome(last, "clean", SKIPPED, note=f"{first}..{last}")
         started = time.perf_counter()
-        report = clean.run_range(runner.spark, cfg, first, last)
+        with runner.heartbeat(f"clean {first}..{last}"):
+            report = clean.run_range(runner.spark, cfg, first, last)
     return StageOutcome(last, "clean", DONE, time.perf_counter() - started, report["lines_read"], report["accepted"],
                         note=f"{first}..{last}", summary=report)
 

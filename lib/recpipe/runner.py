@@ -22,10 +22,11 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import ContextManager, Iterator, Sequence
 
 from recpipe.config import Config
 from recpipe.errors import DataError, RecpipeError
+from recpipe.heartbeat import heartbeat
 from recpipe.lock import root_lock
 from recpipe.markers import marker_body, read_marker, remove_marker, stage_state, why_rerun, write_marker
 from recpipe.stage import Stage
@@ -149,7 +150,8 @@ class Runner:
         try:
             require_inputs(cfg, stage, date)
             remove_marker(cfg, date, stage.name)
-            summary = self._execute(stage, date)
+            with self.heartbeat(f"{stage.name} {date}"):
+                summary = self._execute(stage, date)
         except Exception as err:
             failed = StageOutcome(date, stage.name, FAILED, time.perf_counter() - started, note=str(err)[:200])
             raise StageFailed(f"stage {stage.name} failed for {date}: {type(err).__name__}: {err}", [failed]) from err
@@ -161,6 +163,13 @@ class Runner:
                                                             seconds, stage.rows(summary), outcome.note))
         log.info("%s %s: done in %.1f s", stage.name, date, seconds)
         return outcome
+
+    def heartbeat(self, what: str) -> ContextManager[None]:
+        """While inside, a log line every `logging.heartbeat_seconds` (`recpipe.heartbeat`),
+        with the session's active Spark stages once it has started. None here when the stages
+        are submitted: the application's own runner beats, and its lines are echoed."""
+        every_s = 0 if self._submitted() else self.cfg.logging.heartbeat_seconds
+        return heartbeat(what, every_s, lambda: self._spark)
 
     def _submitted(self) -> bool:
         from recpipe.submit import submitting

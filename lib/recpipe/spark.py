@@ -8,6 +8,8 @@ import sys
 from pyspark.sql import SparkSession
 
 from recpipe.config import Config
+from recpipe.logs import spark_java_options, stderr_is_terminal
+from recpipe.submit import launched_by_spark_submit
 
 
 def session_settings(cfg: Config) -> dict[str, str]:
@@ -23,7 +25,13 @@ def session_settings(cfg: Config) -> dict[str, str]:
     }
     if cfg.spark.local_dir:
         settings["spark.local.dir"] = cfg.spark.local_dir
-    settings.update({k: str(v) for k, v in cfg.spark.extra.items()})
+    # The progress bar redraws itself with carriage returns: live on a terminal, but one
+    # line of thousands of characters in a log file.
+    settings["spark.ui.showConsoleProgress"] = str(stderr_is_terminal()).lower()
+    extra = {k: str(v) for k, v in cfg.spark.extra.items()}
+    settings.update(extra)
+    if not launched_by_spark_submit():  # JVM options count where the JVM starts: here, or in spark-submit
+        settings.update(spark_java_options(extra))
     return settings
 
 
@@ -37,7 +45,7 @@ def get_spark(cfg: Config, stage: str) -> SparkSession:
     # the venv's packages; PySpark reads the choice from this variable, not from a setting.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(f"{cfg.spark.app_name}-{stage}")
-    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+    if not launched_by_spark_submit():
         builder = builder.master(cfg.spark.master)
     for key, value in session_settings(cfg).items():
         builder = builder.config(key, value)

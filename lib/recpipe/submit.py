@@ -29,6 +29,7 @@ import yaml
 
 from recpipe.config import BASE_FILE_NAME, Config
 from recpipe.errors import ConfigError, RecpipeError
+from recpipe.logs import spark_java_options
 
 log = logging.getLogger("recpipe.submit")
 
@@ -88,10 +89,12 @@ def submit_command(cfg: Config, job: str, conf_file: str, arguments: Sequence[st
     script = Path(cfg.submit.jobs_dir) / JOBS[job]
     if not script.is_file():
         raise ConfigError(f"submit.jobs_dir: {script} not found (run from the repository root)")
+    conf = {k: str(v) for k, v in cfg.submit.conf.items()}
     settings = {
         "spark.pyspark.python": cfg.submit.python or sys.executable,
         "spark.pyspark.driver.python": sys.executable,
-        **{k: str(v) for k, v in cfg.submit.conf.items()},
+        **conf,
+        **spark_java_options(conf),  # the driver's JVM starts here, so its options go on this line
     }
     command = [str(spark_submit_path()), "--master", cfg.spark.master, "--name", f"{cfg.spark.app_name}-{name or job}",
                "--py-files", wheel(cfg)]

@@ -93,3 +93,42 @@ def server_command(cfg: Config, host: str = "127.0.0.1", port: int = 5000) -> li
         "--host", host, "--port", str(port),
         "--workers", "1",
     ]
+
+
+# Spark's names of the column types (`DataType.typeName()`) and MLflow's for the same values.
+MLFLOW_TYPES = {"byte": "integer", "short": "integer", "integer": "integer", "long": "long", "float": "float",
+                "double": "double", "boolean": "boolean", "string": "string", "binary": "binary", "date": "datetime",
+                "timestamp": "datetime", "timestamp_ntz": "datetime"}
+
+
+def spark_dataset(df, path: str, name: str):
+    """`mlflow.data.from_spark(df)` for `log_input`, its schema declared from Spark's.
+
+    Left to itself, MLflow infers the schema with its model-input inference, which warns
+    that integer columns cannot hold missing values. That holds for a pandas frame sent to
+    a model, not for a Spark table (its integer columns take nulls), and this schema only
+    records what the table holds. A column type MLflow has no name for leaves the dataset
+    without a schema, as MLflow's own inference does when it fails.
+    """
+    import mlflow
+    from mlflow.types import ColSpec, Schema
+
+    dataset = mlflow.data.from_spark(df, path=path, name=name)
+    try:
+        schema = Schema([ColSpec(mlflow_type(field.dataType), field.name) for field in df.schema.fields])
+    except KeyError:
+        schema = None
+    dataset.schema = schema  # in place of the inference MLflow would run when the dataset is logged
+    return dataset
+
+
+def mlflow_type(spark_type):
+    """MLflow's type for a Spark column type; KeyError for one it has no name for (a map)."""
+    from mlflow.types.schema import Array, DataType, Object, Property
+
+    kind = spark_type.typeName()
+    if kind == "array":
+        return Array(mlflow_type(spark_type.elementType))
+    if kind == "struct":
+        return Object([Property(f.name, mlflow_type(f.dataType), required=not f.nullable) for f in spark_type.fields])
+    return DataType[MLFLOW_TYPES[kind]]

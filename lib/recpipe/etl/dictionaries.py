@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -26,6 +26,8 @@ from recpipe.schema import (
 )
 
 _TOP = "_top"
+_POSITION = "_position"
+_AT = "_at"
 NEWEST = dt.date.max  # `as_of` that finds the newest snapshot, whatever its day
 
 
@@ -125,10 +127,21 @@ def first_violation(snapshot: DataFrame, spec: DictionarySpec) -> str:
     twice = snapshot.groupBy(key).agg(F.count(F.lit(1)).alias("n"), F.sort_array(F.collect_set(index)).alias("at"))
     if (row := twice.where(F.col("n") > 1).orderBy(key).first()) is not None:
         return f"id {row[key]!r} has {row['n']} indexes ({', '.join(map(str, row['at'][:3]))})"
-    # Unique both ways, so a gap is the first index that differs from its rank.
-    in_order = snapshot.select(key, index).withColumn("_rank", F.row_number().over(Window.orderBy(index)))
-    row = in_order.where(F.col(index) != F.col("_rank")).orderBy(index).first()
-    return f"indexes are not dense from 1: {row['_rank']} is missing (the next is {row[index]}, id {row[key]!r})"
+    if (row := snapshot.where(F.col(index) < 1).orderBy(index).first()) is not None:
+        return f"id {row[key]!r} has index {row[index]}, below 1 ({PADDING_IDX} is padding, no id's)"
+    # Unique both ways and from 1 up, so what is left is a gap: the smallest index that no id
+    # has, found with a join rather than by ranking every row in one task.
+    missing = first_missing_index(snapshot.select(F.col(index).alias(_AT)))
+    row = snapshot.where(F.col(index) > missing).orderBy(index).first()
+    return f"indexes are not dense from 1: {missing} is missing (the next is {row[index]}, id {row[key]!r})"
+
+
+def first_missing_index(indexes: DataFrame) -> int:
+    """The smallest integer from 1 up that is not in `indexes[_AT]` (all of them >= 1): it is
+    1 or the successor of some index, so only those are candidates."""
+    one = indexes.sparkSession.range(1).select(F.lit(1).alias(_AT))
+    candidates = indexes.select((F.col(_AT) + 1).alias(_AT)).unionByName(one)
+    return candidates.join(indexes, _AT, "left_anti").agg(F.min(_AT)).first()[0]
 
 
 def check_extends_previous(spark: SparkSession, cfg: Config, spec: DictionarySpec, snapshot: DataFrame,
@@ -171,17 +184,29 @@ def assign_new_indexes(existing: DataFrame, ids: DataFrame, *, key: str, index: 
         order (from 1 when `existing` is empty), `first_seen` = `day`.
     """
     top = existing.agg(F.coalesce(F.max(index), F.lit(PADDING_IDX)).cast("long").alias(_TOP))
-    # A window without partitions sorts in one task; the ids new on one day are few, and
-    # numbering in id order is what makes the indexes reproducible.
-    in_id_order = Window.orderBy(key)
     numbered = (
-        unseen_ids(existing, ids, key=key)
+        in_key_order(unseen_ids(existing, ids, key=key), key=key)
         .crossJoin(top)
-        .withColumn(index, (F.col(_TOP) + F.row_number().over(in_id_order)).cast("int"))
+        .withColumn(index, (F.col(_TOP) + F.col(_POSITION) + 1).cast("int"))
         .withColumn(FIRST_SEEN, F.lit(day))
         .select(key, index, FIRST_SEEN)
     )
     return existing.select(key, index, FIRST_SEEN).unionByName(numbered)
+
+
+def in_key_order(keys: DataFrame, *, key: str) -> DataFrame:
+    """`keys[key]` (distinct, non-null) with `_position` 0, 1, ... in key order (Spark's
+    string order); the sort runs when this is called.
+
+    Numbering in key order is what makes the indexes reproducible. The sort spreads the keys
+    over range partitions and zipWithIndex counts each partition, then numbers it from the
+    sum of the counts before it: no task holds every key, as under a window without
+    partitions (on a first day, or a range cleaned at once, every id is new). The sorted
+    shuffle is computed once and read by both passes, so they see the same partitions.
+    """
+    schema = T.StructType([T.StructField(key, T.StringType(), False), T.StructField(_POSITION, T.LongType(), False)])
+    positions = keys.select(key).orderBy(key).rdd.map(lambda row: row[0]).zipWithIndex()
+    return keys.sparkSession.createDataFrame(positions, schema)
 
 
 def snapshot_as_of(dictionary: DataFrame, ids: DataFrame, *, key: str, day: dt.date) -> DataFrame:

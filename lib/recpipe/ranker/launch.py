@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from recpipe.logs import stderr_is_terminal
 from recpipe.ranker import dist
 from recpipe.ranker.trainer import TrainJob, train
 
@@ -29,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fields = json.loads(args.job.read_text())
     if args.resume:
         fields["resume"] = True
+    # torchrun leaves the ranks its own stderr: a bar only where that is a terminal.
+    fields["progress"] = fields.get("progress", False) and stderr_is_terminal()
     summary = train(TrainJob(**fields))
     if args.result and dist.is_main():
         args.result.write_text(json.dumps(summary, indent=2))

@@ -15,6 +15,7 @@ from recpipe.config import Config, RankerConfig
 from recpipe.etl.samples import TEST, TRAIN, VALID
 from recpipe.ranker.inputs import InputStats
 from recpipe.splits import split_location
+from recpipe.tracking import spark_dataset
 
 
 def run_tags(cfg: Config, date: dt.date) -> dict[str, str]:
@@ -45,6 +46,6 @@ def log_run_inputs(spark: SparkSession, cfg: Config, date: dt.date, rc: RankerCo
     mlflow.log_dict(dict(meta), "samples_meta.json")
     mlflow.log_dict({"als_run_per_sample_day": stats.als_days}, "als_days.json")
     location = split_location(cfg, date, TRAIN)
-    dataset = mlflow.data.from_spark(io.read_path(spark, location), path=location, name=f"ranker_input-{date}-train")
+    dataset = spark_dataset(io.read_path(spark, location), path=location, name=f"ranker_input-{date}-train")
     mlflow.log_input(dataset, context="training")
     mlflow.set_tag("data_digest", dataset.digest)

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from recpipe.config import RankerConfig
+from recpipe.logs import stderr_is_terminal
 from recpipe.metrics import auc, logloss
 from recpipe.ranker import checkpoints, dist
 from recpipe.ranker.data import TrainStream, tensor_batches
@@ -82,12 +83,14 @@ class TrainJob:
 
 
 def from_ranker_config(rc: RankerConfig) -> dict[str, Any]:
-    """The TrainJob fields that come from the `ranker:` section."""
+    """The TrainJob fields that come from the `ranker:` section. The progress bar is shown
+    only when this process's stderr is a terminal: the ranks' own stderr is a pipe to the
+    launcher either way, so they cannot tell."""
     return dict(global_batch_size=rc.batch_size, epochs=rc.epochs, learning_rate=rc.learning_rate,
                 weight_decay=rc.weight_decay, item_weight_decay=rc.item_weight_decay,
                 early_stopping_patience=rc.early_stopping_patience, seed=rc.seed, shuffle_queue=rc.shuffle_queue,
                 reader_workers=rc.reader_workers, eval_batch_size=rc.eval_batch_size, use_gpu=rc.use_gpu,
-                resume=rc.resume, progress=rc.progress)
+                resume=rc.resume, progress=rc.progress and stderr_is_terminal())
 
 
 def steps_per_epoch(train_rows: int, global_batch_size: int) -> int:
