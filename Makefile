@@ -8,11 +8,11 @@ CONF ?= conf/local.yaml
 SET ?=
 SET_ARGS := $(foreach s,$(SET),--set $(s))
 # The stamp's name carries a hash of what decides the environment, so a change re-runs set-up.
-SETUP_HASH := $(shell cat constraints.txt requirements.txt setup.py scripts/setup.sh | sha256sum | cut -c1-16)
+SETUP_HASH := $(shell cat constraints.txt pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.setup-$(SETUP_HASH)
 PYTEST_ARGS ?=
 
-.PHONY: help setup run run-cluster test report nightly mlflow-server cluster-up cluster-down dist clean-data clean
+.PHONY: help setup run run-cluster test report nightly mlflow-server cluster-up cluster-down dist pack notebooks clean-data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -29,10 +29,11 @@ test: setup  ## run the test suite (real Spark, MLflow, Petastorm; no GPU)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 MOVIELENS_CONF ?= conf/movielens.yaml
-# The GroupLens ml-latest-small.zip, downloaded there (or MOVIELENS=another zip or folder).
-MOVIELENS ?= var/datasets/ml-latest-small.zip
+# The GroupLens ml-latest-small.zip where `recpipe datasets fetch ml-latest-small` put it, or the CI's copy
+# (or MOVIELENS=another zip or folder). `?=` defers the look-up to the recipe, after setup made the venv.
+MOVIELENS ?= $(shell $(VENV)/bin/recpipe datasets path ml-latest-small 2>/dev/null)
 report: setup  ## whole-history run on MovieLens (MOVIELENS=zip or folder) and docs/results.md
-	@bash scripts/report.sh $(MOVIELENS_CONF) $(MOVIELENS) docs/results.md $(SET_ARGS)
+	@bash scripts/report.sh $(MOVIELENS_CONF) "$(MOVIELENS)" docs/results.md $(SET_ARGS)
 
 nightly: setup  ## the nightly for DATE=YYYY-MM-DD: clean, features, als, train, promote, score
 	@test -n "$(DATE)" || { echo "usage: make nightly DATE=YYYY-MM-DD [CONF=...] [SET=...]"; exit 2; }
@@ -56,6 +57,22 @@ dist: setup  ## build the wheel that spark-submit ships with --py-files
 	rm -rf dist build
 	$(VENV)/bin/pip wheel --quiet --no-deps --no-build-isolation -w dist .
 	@ls dist/*.whl
+
+notebooks: setup  ## open notebooks/ in a notebook server on 127.0.0.1 (installs the notebooks extra once)
+	@$(PY) -c "import notebook" 2>/dev/null || $(VENV)/bin/pip install --quiet -c constraints.txt -e ".[notebooks]"
+	$(VENV)/bin/jupyter notebook --notebook-dir=notebooks --ip=127.0.0.1
+
+# The executors' environment: recpipe[PACK_EXTRAS] from the wheel (not editable: venv-pack
+# refuses an editable install) in a venv of its own, packed for `--archives dist/env.tar.gz#env`.
+PACK_EXTRAS ?= train
+PACK_VENV ?= build/pack-venv
+PYTHON ?= python3.11
+pack: dist  ## dist/env.tar.gz: a packed venv of the wheel with [PACK_EXTRAS] (default train) for the executors
+	rm -rf $(PACK_VENV) dist/env.tar.gz
+	$(PYTHON) -m venv $(PACK_VENV)
+	$(PACK_VENV)/bin/pip install --quiet "$$(ls dist/recpipe-*.whl)$(if $(PACK_EXTRAS),[$(PACK_EXTRAS)])" -c constraints.txt
+	$(VENV)/bin/venv-pack --quiet -p $(PACK_VENV) -o dist/env.tar.gz
+	@ls -l dist/env.tar.gz
 
 clean-data:  ## remove the local data root (var/)
 	rm -rf var

@@ -46,8 +46,8 @@ if ! command -v "$PYTHON" >/dev/null; then
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip
-"$VENV/bin/pip" install --quiet -r requirements.txt -c constraints.txt
-"$VENV/bin/pip" install --quiet --no-deps -e .
+# recpipe editable with what tests and benchmarks need; the pins come from constraints.txt.
+"$VENV/bin/pip" install --quiet -c constraints.txt -e ".[dev]"
 rm -f "$VENV"/.setup-*
 touch "$STAMP"
 echo "setup: environment ready in $VENV"

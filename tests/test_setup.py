@@ -9,7 +9,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 VENV = Path(sys.executable).parent.parent
-SETUP_FILES = ("Makefile", "constraints.txt", "requirements.txt", "setup.py", "scripts/setup.sh")
+SETUP_FILES = ("Makefile", "constraints.txt", "pyproject.toml", "scripts/setup.sh")
 
 
 def make_question(target: str, cwd: Path, venv: Path) -> int:

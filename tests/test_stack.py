@@ -14,6 +14,8 @@ import pytest
 pytestmark = pytest.mark.spark
 
 REPO = Path(__file__).resolve().parent.parent
+# Pinned for an extra that `make setup` does not install (`make notebooks` does).
+OPTIONAL_EXTRAS_ONLY = {"notebook"}
 
 
 def pinned_versions() -> dict[str, str]:
@@ -31,6 +33,8 @@ def test_installed_versions_match_constraints():
     pins = pinned_versions()
     assert {"pyspark", "pyarrow", "numpy", "pandas", "petastorm", "torch", "mlflow"} <= set(pins)
     for name, pinned in pins.items():
+        if name in OPTIONAL_EXTRAS_ONLY:
+            continue
         installed = version(name)
         assert installed.split("+")[0] == pinned, f"{name}: installed {installed}, constraints.txt pins {pinned}"
 
