@@ -49,9 +49,22 @@ def test_missing_conf_file_exits_nonzero_naming_it(tmp_path):
 
 
 def test_show_config_prints_resolved_values():
-    result = recpipe("show-config", "--set", "generate.users=123")
+    result = recpipe("show-config", "--conf", "conf/local.yaml", "--set", "generate.users=123")
     assert result.returncode == 0
     assert "users: 123" in result.stdout and "root: " + str(REPO / "var" / "recpipe") in result.stdout
+
+
+def test_from_another_directory_the_cli_uses_the_installed_defaults_or_the_named_profile(tmp_path):
+    import yaml
+
+    assert recpipe("--version", cwd=tmp_path).stdout.strip().startswith("recpipe ")
+    default = yaml.safe_load(recpipe("show-config", cwd=tmp_path).stdout)
+    assert default["paths"]["root"] == str(Path.home() / ".local" / "share" / "recpipe")
+    named = recpipe("show-config", "--conf", str(REPO / "conf" / "local.yaml"), cwd=tmp_path)
+    assert yaml.safe_load(named.stdout)["paths"]["root"] == str(REPO / "var" / "recpipe")
+    from_variable = subprocess.run([str(RECPIPE), "show-config"], cwd=tmp_path, capture_output=True, text=True,
+                                   timeout=120, env={**os.environ, "RECPIPE_CONF": str(REPO / "conf" / "cluster.yaml")})
+    assert yaml.safe_load(from_variable.stdout)["spark"]["master"] == "spark://127.0.0.1:7077"
 
 
 @pytest.mark.parametrize("text", ["2026-02-30", "2026-1-5", "20261105", "yesterday"])

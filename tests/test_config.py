@@ -82,11 +82,14 @@ def test_missing_profile_names_the_file(tmp_path):
         load_config(missing)
 
 
-def test_profile_without_base_beside_it(tmp_path):
+def test_a_profile_without_base_beside_it_layers_over_the_installed_base(tmp_path):
+    from recpipe.config import PACKAGED_CONF
+
     lonely = tmp_path / "lonely.yaml"
     lonely.write_text("spark:\n  master: local\n")
-    with pytest.raises(ConfigError, match="base.yaml: base config not found"):
-        load_config(lonely)
+    cfg = load_config(lonely)
+    assert cfg.spark.master == "local" and cfg.sources == (str(PACKAGED_CONF / "base.yaml"), str(lonely))
+    assert cfg.generate.items == 5000  # a default of the installed base.yaml
 
 
 @pytest.mark.parametrize(
@@ -125,10 +128,34 @@ def test_roots_may_be_paths_or_uris(root, expected):
     assert cfg.table_path("events", dt.date(2026, 11, 2)) == expected
 
 
-def test_relative_root_is_made_absolute(tmp_path, monkeypatch):
+def test_a_relative_root_on_the_command_line_is_taken_from_the_current_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(REPO / "conf" / "local.yaml", ["paths.root=./var/x"])
     assert cfg.paths.root == str(tmp_path / "var" / "x")
+
+
+def test_relative_local_paths_in_a_file_are_taken_from_its_folder_whatever_the_current_directory(tmp_path,
+                                                                                                  monkeypatch):
+    home = tmp_path / "etc" / "recpipe"
+    home.mkdir(parents=True)
+    profile = home / "prod.yaml"
+    profile.write_text("paths:\n  root: ../../data\nsubmit:\n  jobs_dir: jobs\n  py_files: wheels/recpipe-*.whl\n"
+                       "cluster:\n  run_dir: ~/cluster-run\n")
+    for cwd in (tmp_path, home, REPO):
+        monkeypatch.chdir(cwd)
+        cfg = load_config(profile)
+        assert cfg.paths.root == str(tmp_path / "data")
+        assert (cfg.submit.jobs_dir, cfg.submit.py_files) == (str(home / "jobs"), str(home / "wheels/recpipe-*.whl"))
+        assert cfg.cluster.run_dir == str(Path.home() / "cluster-run")
+
+
+def test_the_checkouts_profiles_write_under_its_var_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config(REPO / "conf" / "local.yaml").paths.root == str(REPO / "var" / "recpipe")
+    cluster = load_config(REPO / "conf" / "cluster.yaml")
+    assert (cluster.paths.root, cluster.cluster.run_dir) == (str(REPO / "var" / "recpipe-cluster"),
+                                                              str(REPO / "var" / "cluster"))
+    assert cluster.submit.jobs_dir == str(REPO / "jobs")
 
 
 def test_unknown_table_name_is_an_error():

@@ -122,8 +122,8 @@ def test_the_model_code_ships_without_the_training_modules(tmp_path):
 
     package = stage_model_code(tmp_path)
     shipped = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py"))
-    assert shipped == ["__init__.py", "layers/__init__.py", "layers/attention.py", "layers/mlp.py", "model.py",
-                       "pyfunc.py", "scoring.py"]
+    assert shipped == ["__init__.py", "columns.py", "layers/__init__.py", "layers/attention.py", "layers/mlp.py",
+                       "model.py", "pyfunc.py", "scoring.py"]
     imported = set()
     for path in package.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -157,8 +157,8 @@ def test_the_serving_code_is_staged_from_a_zipped_package_as_spark_submit_ships_
     staged = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert staged.returncode == 0, staged.stderr[-3000:]
     serving = package / "serving"  # staged as the top-level package `ranker`
-    expected = sorted(str(p.relative_to(serving)) for name in ("__init__.py", "layers", "model.py", "scoring.py",
-                                                                "pyfunc.py")
+    expected = sorted(str(p.relative_to(serving)) for name in ("__init__.py", "layers", "columns.py", "model.py",
+                                                                "scoring.py", "pyfunc.py")
                       for p in ([serving / name] if name.endswith(".py") else (serving / name).rglob("*.py")))
     assert ast.literal_eval(staged.stdout.strip().splitlines()[-1]) == expected
     for relative in expected:

@@ -11,10 +11,12 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
-from recpipe.config import Config, load_config, parse_date
+from recpipe import __version__
+from recpipe.config import BASE_FILE_NAME, PACKAGED_CONF, Config, load_config, parse_date
 from recpipe.errors import RecpipeError
 from recpipe.logs import setup_logging
 from recpipe.names import CHAMPION, RANKER_MODEL
@@ -22,7 +24,10 @@ from recpipe.stage import Stage
 
 log = logging.getLogger("recpipe.cli")
 
-DEFAULT_CONF = "conf/local.yaml"
+# Without --conf: $RECPIPE_CONF, else the installed defaults (base.yaml alone: local Spark,
+# data under ~/.local/share/recpipe), the same from any working directory.
+CONF_VARIABLE = "RECPIPE_CONF"
+DEFAULT_CONF = str(PACKAGED_CONF / BASE_FILE_NAME)
 
 
 def date_arg(text: str) -> dt.date:
@@ -34,7 +39,9 @@ def date_arg(text: str) -> dt.date:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--conf", default=DEFAULT_CONF, help=f"profile YAML, layered over base.yaml beside it (default {DEFAULT_CONF})")
+    parser.add_argument("--conf", default=os.environ.get(CONF_VARIABLE) or DEFAULT_CONF,
+                        help=f"profile YAML, layered over the base.yaml beside it, else the installed one (default "
+                        f"${CONF_VARIABLE}, else the installed base.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config key; repeatable")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -165,6 +172,16 @@ def cmd_ingest_movielens(cfg: Config, args: argparse.Namespace) -> None:
     print(f"{report['ratings']:,} ratings ({report['clicks']:,} clicks) over {report['days']:,} days "
           f"{report['first_day']}..{report['last_day']}, {report['catalogue_items']:,} movies; "
           f"malformed: {report['malformed'] or 'none'}; report {cfg.table_path('ingest_report')}")
+
+
+def cmd_datasets(cfg: Config, args: argparse.Namespace) -> None:
+    from recpipe import datasets
+
+    if args.action == "path":
+        print(datasets.path(args.name))
+        return
+    print(datasets.fetch(args.name, url=args.url, sha256=args.sha256))
+    print(datasets.release(args.name).licence)
 
 
 def cmd_clean_range(cfg: Config, args: argparse.Namespace) -> None:
@@ -309,6 +326,18 @@ def _recommend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--date", type=date_arg, help="day of the recommendations (default: the newest)")
 
 
+def _datasets_options(parser: argparse.ArgumentParser) -> None:
+    from recpipe.datasets import RELEASES
+
+    parser.add_argument("action", choices=("fetch", "path"),
+                        help="fetch: download and verify into the cache (if not there), print path and licence; "
+                        "path: print where it is, or where fetch would put it")
+    parser.add_argument("name", metavar="NAME", choices=list(RELEASES),
+                        help=f"the MovieLens release: {', '.join(RELEASES)}")
+    parser.add_argument("--sha256", help="fetch: the digest to check, for a release without a pinned one")
+    parser.add_argument("--url", help="fetch: download from this URL (a mirror) instead; the digest still applies")
+
+
 def commands() -> list[Command]:
     """Every sub-command, the declared stages' among them, in the order `--help` lists them."""
     from recpipe import stages
@@ -331,6 +360,8 @@ def commands() -> list[Command]:
                 "convert a MovieLens release (folder or zip) to raw logs and catalogue under the root",
                 opt("--source", required=True,
                     help="a MovieLens zip or folder (ml-latest*, ml-100k, ml-1m, ml-10m, ml-20m, ml-25m)")),
+        Command("datasets", cmd_datasets, "fetch a MovieLens release into the cache, checked against its pinned "
+                "sha256, or print its path ($RECPIPE_DATA_DIR, else ~/.cache/recpipe/datasets)", _datasets_options),
         Command("clean-range", cmd_clean_range, "clean the raw days START..END in one Spark job (the days before a "
                 "first nightly); skipped when they are cleaned", _clean_range_options),
         Command("history", cmd_history, "whole-history run: clean everything, then features, als and train with one "
@@ -350,6 +381,7 @@ def commands() -> list[Command]:
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Command]]:
     parser = argparse.ArgumentParser(prog="recpipe", description="Nightly recommendation pipeline.")
+    parser.add_argument("--version", action="version", version=f"recpipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     known = {}
     for command in commands():

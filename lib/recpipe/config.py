@@ -20,9 +20,15 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from recpipe.errors import ConfigError
-from recpipe.paths import join_uri, normalize_root
+from recpipe.paths import has_scheme, join_uri, normalize_root
 
 BASE_FILE_NAME = "base.yaml"
+# conf/ of the checkout, installed with the package: base.yaml, the profiles, the Airflow DAG.
+PACKAGED_CONF = Path(__file__).resolve().parent / "conf"
+# Settings that name a local place. Relative in a config file, they are taken from that
+# file's folder, so that a config means the same places from any working directory; on
+# the command line (--set), from the current directory, as the shell would.
+LOCAL_PATH_KEYS = (("paths", "root"), ("cluster", "run_dir"), ("submit", "jobs_dir"), ("submit", "py_files"))
 DAY_SLOT = "{dt}"  # where a sub-table's path puts `dt=D`
 
 
@@ -88,6 +94,11 @@ class SparkConfig:
 class MlflowConfig:
     tracking_uri: str
     artifact_root: str
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    heartbeat_seconds: int
 
 
 @dataclass(frozen=True)
@@ -325,6 +336,7 @@ class Config:
     tables: TablesConfig
     spark: SparkConfig
     mlflow: MlflowConfig
+    logging: LoggingConfig
     generate: GenerateConfig
     clean: CleanConfig
     quality_gate: QualityGateConfig
@@ -394,8 +406,8 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Confi
     if not profile.is_file():
         raise ConfigError(f"{profile}: config file not found")
     base = profile.parent / BASE_FILE_NAME
-    if not base.is_file():
-        raise ConfigError(f"{base}: base config not found (expected beside {profile})")
+    if not base.is_file():  # a profile of the user's own, anywhere: over the installed defaults
+        base = PACKAGED_CONF / BASE_FILE_NAME
 
     merged: dict[str, dict[str, tuple[Any, str]]] = {}
     layers = [base] if base.resolve() == profile.resolve() else [base, profile]
@@ -403,7 +415,23 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Confi
         _merge_file(merged, layer, allow_new_keys=layer is base)
     for override in overrides:
         _merge_override(merged, override)
+    _anchor_local_paths(merged)
     return _build(merged, sources=tuple(str(p) for p in layers) + tuple(f"--set {o}" for o in overrides))
+
+
+def _anchor_local_paths(merged: dict) -> None:
+    """Make each relative local path of LOCAL_PATH_KEYS absolute against where it was written."""
+    for section, key in LOCAL_PATH_KEYS:
+        if key not in merged.get(section, {}):
+            continue
+        value, origin = merged[section][key]
+        if not isinstance(value, str) or not value or has_scheme(value):
+            continue
+        path = os.path.expanduser(value)
+        if not os.path.isabs(path):
+            folder = os.getcwd() if origin.startswith("--set ") else os.path.dirname(os.path.abspath(origin))
+            path = os.path.join(folder, path)
+        merged[section][key] = (os.path.normpath(path), origin)
 
 
 def _read_yaml(path: Path) -> dict:

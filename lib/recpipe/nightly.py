@@ -48,33 +48,88 @@ def run_date(runner: Runner, date: dt.date, stages: Sequence[Stage], *, force: b
             outcomes.append(runner.run(stage, date, force=position >= forced_from))
         except StageFailed as err:
             outcomes += err.outcomes + [StageOutcome(date, s, NOT_RUN) for s in names[position + 1:]]
-            log_nightly_run(runner.cfg, date, outcomes)
+            print(format_results(date, outcomes, log_nightly_run(runner.cfg, date, outcomes)))
             error = NightlyError(f"nightly {date}: {err}")
             error.outcomes = outcomes
             raise error from err
-    log_nightly_run(runner.cfg, date, outcomes)
+    print(format_results(date, outcomes, log_nightly_run(runner.cfg, date, outcomes)))
     return outcomes
 
 
-def log_nightly_run(cfg: Config, date: dt.date, outcomes: Sequence[StageOutcome]) -> None:
+def log_nightly_run(cfg: Config, date: dt.date, outcomes: Sequence[StageOutcome]) -> str | None:
     """One MLflow run per nightly date in `recpipe-nightly`: `<stage>_seconds` of every stage
-    that ran and a `<stage>` tag with its status, so a slow night is found by query.
-    A failure to log is reported and does not fail the nightly: the work is done."""
+    that ran and a `<stage>` tag with its status, so a slow night is found by query; returns
+    its run id. A failure to log is reported and does not fail the nightly: the work is done."""
     from recpipe.names import NIGHTLY_EXPERIMENT
     from recpipe.tracking import start_run
 
     ran = [o for o in outcomes if o.status not in (SKIPPED, NOT_RUN)]
     if not ran:
-        return  # a nightly that found everything done has nothing to record
+        return None  # a nightly that found everything done has nothing to record
     try:
         import mlflow
 
         with start_run(cfg, NIGHTLY_EXPERIMENT, run_name=f"nightly-{date}",
-                       tags={"date": date.isoformat(), **{o.stage: o.status for o in outcomes}}):
+                       tags={"date": date.isoformat(), **{o.stage: o.status for o in outcomes}}) as run:
             mlflow.log_metrics({**{f"{o.stage}_seconds": round(o.seconds, 3) for o in ran},
                                 "total_seconds": round(sum(o.seconds for o in ran), 3)})
+        return run.info.run_id
     except Exception as err:  # noqa: BLE001  (the tracking store, not the pipeline, failed)
         log.warning("nightly %s: could not log the stage seconds to MLflow: %s", date, err)
+        return None
+
+
+def format_results(date: dt.date, outcomes: Sequence[StageOutcome], nightly_run: str | None) -> str:
+    """How D went, beside the seconds of the table: the key measures of each stage that ran
+    this time (a skipped stage's were printed by the night that ran it) and the MLflow runs."""
+    lines = [f"results for {date}:"]
+    for outcome in outcomes:
+        describe = RESULTS.get(outcome.stage)
+        if outcome.date == date and outcome.summary and describe is not None:
+            lines.append(f"  {outcome.stage:<9}{describe(outcome.summary)}")
+    lines.append(f"  {'nightly':<9}run {nightly_run or '-'} (experiment recpipe-nightly)")
+    return "\n".join(lines)
+
+
+def _measure(summary: dict, key: str) -> str:
+    value = summary.get(key)
+    return "-" if value is None else f"{value:.4f}"
+
+
+def als_results(summary: dict) -> str:
+    """Recall@50 (else the largest K evaluated) of ALS and of the popularity baseline."""
+    ks = sorted(int(key.rsplit("_", 1)[1]) for key in summary if key.startswith("als_recall_at_"))
+    if not ks:
+        return f"run {summary.get('run_id', '-')}"
+    k = 50 if 50 in ks else ks[-1]
+    return (f"Recall@{k} {_measure(summary, f'als_recall_at_{k}')} (popularity "
+            f"{_measure(summary, f'popularity_recall_at_{k}')}), run {summary.get('run_id', '-')}")
+
+
+def train_results(summary: dict) -> str:
+    """Test AUC and gAUC of the attention ranker (and of mean pooling when it was trained)."""
+    models = [name for name in ("attention", "mean") if f"test_{name}_auc" in summary]
+    measured = "; ".join(f"{name} test AUC {_measure(summary, f'test_{name}_auc')} gAUC "
+                         f"{_measure(summary, f'test_{name}_gauc')}" for name in models) or "no test rows"
+    return f"{measured}; run {summary.get('run_id', '-')}, registered version {summary.get('version', '-')}"
+
+
+def promote_results(summary: dict) -> str:
+    """The gate's decision with both models' AUC and gAUC on the same rows."""
+    versions = {"challenger": summary.get("challenger", "-"), "champion": summary.get("compared_with", "-")}
+    sides = [f"{who} {versions[who]} (AUC {_measure(summary, f'{who}_auc')}, gAUC {_measure(summary, f'{who}_gauc')})"
+             for who in versions if f"{who}_auc" in summary]
+    reason = f"; {summary['reason']}" if summary.get("reason") else ""
+    return (f"{summary.get('decision', '-')}: {' vs '.join(sides) or 'nothing scored'}{reason}; "
+            f"champion now {summary.get('champion', '-')}")
+
+
+def score_results(summary: dict) -> str:
+    return (f"{summary.get('rows', '-')} recommendations for {summary.get('users', '-')} users by version "
+            f"{summary.get('model_version', '-')}")
+
+
+RESULTS = {"als": als_results, "train": train_results, "promote": promote_results, "score": score_results}
 
 
 def nightly(cfg: Config, dates: Sequence[dt.date], *, force: bool = False, from_stage: str | None = None,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import TYPE_CHECKING
 
-from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -21,6 +21,9 @@ from recpipe.splits import parquet_rows
 from recpipe.spark import blas_implementation
 from recpipe.stage import Partition, Stage, days
 from recpipe.timing import Parts
+
+if TYPE_CHECKING:
+    from pyspark.ml.recommendation import ALSModel
 
 log = logging.getLogger("recpipe.als")
 
@@ -77,7 +80,7 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
         run_id = log_to_mlflow(cfg, date, als_cfg, model, interactions, {**summary, **parts.seconds})
     log_part_seconds(cfg, run_id, parts)
     log.info("als %s: seconds per part: %s", date, parts.describe())
-    return {**summary, **parts.seconds}
+    return {**summary, **parts.seconds, "run_id": run_id}
 
 
 def log_part_seconds(cfg: Config, run_id: str, parts: Parts) -> None:
@@ -91,6 +94,7 @@ def log_part_seconds(cfg: Config, run_id: str, parts: Parts) -> None:
 
 def fit_als(interactions: DataFrame, als_cfg: AlsConfig, blocks: int) -> ALSModel:
     """Implicit ALS with block counts from the cluster's parallelism."""
+    from pyspark.ml.recommendation import ALS  # Spark ML loads when the stage runs, not with the CLI
     estimator = ALS(
         implicitPrefs=True,
         rank=als_cfg.rank,
@@ -186,16 +190,14 @@ def log_to_mlflow(cfg: Config, date: dt.date, als_cfg: AlsConfig, model: ALSMode
     import mlflow
     import mlflow.spark
 
-    from recpipe.tracking import start_run
+    from recpipe.tracking import spark_dataset, start_run
 
     with start_run(cfg, ALS_EXPERIMENT, run_name=f"als-{date}", tags={"date": date.isoformat(), "stage": "als"}) as run:
         mlflow.log_params({k: v for k, v in cfg.to_dict()["als"].items()})
         mlflow.log_metrics({k: float(v) for k, v in summary.items()})
         mlflow.log_dict(cfg.to_dict(), "config.yaml")
-        mlflow.log_input(
-            mlflow.data.from_spark(interactions, path=cfg.table_path("events"), name=f"interactions-{date}"),
-            context="training",
-        )
+        mlflow.log_input(spark_dataset(interactions, path=cfg.table_path("events"), name=f"interactions-{date}"),
+                         context="training")
         mlflow.spark.log_model(  # the Spark flavour still takes artifact_path, not name=
             model,
             artifact_path="als-model",

@@ -12,7 +12,6 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-import torch
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -73,6 +72,8 @@ def top_k_for_users(
     (benchmarks/topk_bench.py, docs/benchmarks.md). Spark caps its threads in the Python
     workers at spark.task.cpus through OMP_NUM_THREADS.
     """
+    import torch  # here, in the task: the driver and the CLI import this module without needing torch
+
     users = torch.from_numpy(np.ascontiguousarray(user_vectors, dtype=np.float32))
     items = torch.from_numpy(np.ascontiguousarray(item_vectors, dtype=np.float32))
     best_scores = torch.full((len(users), 0), -math.inf)

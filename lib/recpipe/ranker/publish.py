@@ -35,7 +35,7 @@ from recpipe.schema import BRAND_IDX, CAT_IDX, ITEM_DENSE, ITEM_ID, ITEM_IDX, US
 from recpipe.serving.pyfunc import VOCABULARY, WEIGHTS
 
 PACKAGE = importlib.resources.files("recpipe.serving")
-SERVING_CODE = ("__init__.py", "layers", "model.py", "scoring.py", "pyfunc.py")
+SERVING_CODE = ("__init__.py", "layers", "columns.py", "model.py", "scoring.py", "pyfunc.py")
 ENTRY = "pyfunc_entry.py"
 
 

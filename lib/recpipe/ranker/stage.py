@@ -26,12 +26,7 @@ from recpipe.errors import DataError
 from recpipe.etl.samples import TEST, TRAIN, read_meta
 from recpipe.etl.vocabulary import read_vocabulary, snapshot_reads, vocabulary_reads
 from recpipe.names import RANKER_EXPERIMENT
-from recpipe.ranker.ddp import launch, load_trained, make_job
-from recpipe.ranker.evaluate import evaluate_and_plot
 from recpipe.ranker.inputs import als_runs, build_ranker_input
-from recpipe.ranker.provenance import log_run_inputs, run_tags
-from recpipe.ranker.publish import publish
-from recpipe.ranker.settings import ATTENTION, MEAN, check_config, model_config
 from recpipe.splits import EVAL_EXTRA, TRAIN_COLUMNS, read_split, row_groups, split_location
 from recpipe.stage import Option, Partition, Stage, total
 
@@ -46,6 +41,13 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     Returns:
         Rows per split, steps, the test metrics and the registered version.
     """
+    # PyTorch and MLflow load here, when the stage runs, not when the CLI lists the stages.
+    from recpipe.ranker.ddp import launch, load_trained, make_job
+    from recpipe.ranker.evaluate import evaluate_and_plot
+    from recpipe.ranker.provenance import log_run_inputs, run_tags
+    from recpipe.ranker.publish import publish
+    from recpipe.ranker.settings import ATTENTION, MEAN, check_config, model_config
+
     rc = cfg.ranker
     check_config(rc)
     meta = read_meta(cfg, date)

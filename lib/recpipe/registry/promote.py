@@ -119,6 +119,7 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     return {
         "decision": PROMOTED if decision.promote else REJECTED,
         "challenger": challenger.version,
+        "compared_with": champion.version if champion else "none",  # the champion the challenger was scored against
         "champion": now,
         "reason": decision.reason,
         "rows": int(len(labels)),

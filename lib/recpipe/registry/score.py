@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -37,9 +37,12 @@ from recpipe.etl.vocabulary import snapshot_reads
 from recpipe.names import CHAMPION, RANKER_MODEL
 from recpipe.registry.promote import client_for, version_by_alias
 from recpipe.schema import HIST_ITEMS, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
-from recpipe.serving.scoring import ALS_SCORE, HISTORY, ITEM_DENSE, USER_DENSE, CandidateScorer, dense_column
+from recpipe.serving.columns import ALS_SCORE, HISTORY, ITEM_DENSE, USER_DENSE, dense_column
 from recpipe.stage import Partition, Stage
 from recpipe.tracking import tracking_uri
+
+if TYPE_CHECKING:
+    from recpipe.serving.scoring import CandidateScorer
 
 log = logging.getLogger("recpipe.score")
 
@@ -170,6 +173,7 @@ def pinned_scorer(model_uri: str, uri: str) -> CandidateScorer:
     from mlflow.models import Model
 
     from recpipe.serving.pyfunc import VOCABULARY, WEIGHTS
+    from recpipe.serving.scoring import CandidateScorer  # PyTorch, only when a stage scores
 
     mlflow.set_tracking_uri(uri)  # executors do not inherit the driver's MLflow settings
     with tempfile.TemporaryDirectory(prefix="recpipe-score-") as tmp:

@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from recpipe.serving.scoring import ALS_SCORE, HISTORY, ITEM_DENSE, ITEM_ID, USER_DENSE, USER_ID
+from recpipe.serving.columns import ALS_SCORE, HISTORY, ITEM_DENSE, ITEM_ID, USER_DENSE, USER_ID
 
 UNKNOWN = "unknown"
 

@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .columns import ALS_SCORE, HISTORY, ITEM_DENSE, ITEM_ID, REQUIRED_COLUMNS, USER_DENSE, USER_ID, dense_column
 from .model import UNKNOWN_POSITION, RankerModel, build_model
 
-ITEM_ID, HISTORY, USER_ID = "item_id", "history", "user_id"
-USER_DENSE, ITEM_DENSE, ALS_SCORE = "user_dense", "item_dense", "als_score"
-REQUIRED_COLUMNS = (ITEM_ID, HISTORY)
+__all__ = ["ALS_SCORE", "HISTORY", "ITEM_DENSE", "ITEM_ID", "REQUIRED_COLUMNS", "USER_DENSE", "USER_ID",
+           "CandidateScorer", "dense_column", "save_vocabulary", "save_weights"]
 
 
 def save_vocabulary(location: str, item_ids: np.ndarray, item_idx: np.ndarray, cat_idx: np.ndarray,
@@ -208,19 +208,6 @@ class CandidateScorer:
             padded[row[recent], slot] = values[recent]
             out.append(padded)
         return (*out, np.minimum(kept, length))
-
-
-def dense_column(candidates: pd.DataFrame, column: str, rows: int, dim: int) -> np.ndarray:
-    """(rows, dim) float32 from a column of lists; absent, null or of another length = NaN
-    (the training mean)."""
-    out = np.full((rows, dim), np.nan, np.float32)
-    if column not in candidates.columns or not rows:
-        return out
-    values = candidates[column].tolist()
-    whole = np.fromiter((v is not None and not isinstance(v, float) and len(v) == dim for v in values), bool, rows)
-    if whole.any() and dim:
-        out[whole] = np.array([values[i] for i in np.flatnonzero(whole)], dtype=np.float32).reshape(-1, dim)
-    return out
 
 
 def model_info(weights: str) -> dict[str, Any]:
