@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# Read $MLFLOW_TRACKING_URI before any test sets a tracking URI (MLflow exports it): see tracking.py.
+import recpipe.tracking  # noqa: F401,E402
+
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_CONF = REPO / "conf" / "local.yaml"
 

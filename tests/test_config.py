@@ -188,3 +188,23 @@ def test_a_table_marker_or_lock_outside_the_root_is_a_config_error_naming_the_ke
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=f"'{key}' must be a path relative to paths.root"):
         make_config(override)
+
+
+def test_a_second_root_in_one_process_gets_its_own_tracking_store(make_config, tmp_path):
+    """mlflow.set_tracking_uri also exports $MLFLOW_TRACKING_URI; the next config's store must
+    not be read from that variable (it names the first root's store)."""
+    import os
+
+    import mlflow
+    from recpipe.tracking import tracking_uri
+
+    first, second = make_config(root=tmp_path / "first"), make_config(root=tmp_path / "second")
+    before = (mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI"))
+    try:
+        mlflow.set_tracking_uri(tracking_uri(first))
+        assert os.environ["MLFLOW_TRACKING_URI"] == tracking_uri(first)  # what MLflow does
+        assert tracking_uri(second) == f"sqlite:///{tmp_path / 'second' / 'mlflow' / 'mlflow.db'}"
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        if before[1] is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)

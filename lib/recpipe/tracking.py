@@ -12,11 +12,17 @@ from recpipe.config import Config
 from recpipe.paths import has_scheme, join_uri
 
 
+# $MLFLOW_TRACKING_URI as this process was started with. mlflow.set_tracking_uri also writes
+# the variable (for subprocesses to inherit), so its live value can be the store of another
+# root this process logged to before: a second config must not send its runs there.
+STARTED_WITH_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "")
+
+
 def tracking_uri(cfg: Config) -> str:
     if cfg.mlflow.tracking_uri:
         return cfg.mlflow.tracking_uri
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    if STARTED_WITH_TRACKING_URI:
+        return STARTED_WITH_TRACKING_URI
     if has_scheme(cfg.paths.root) and not cfg.paths.root.startswith("file://"):
         # A SQLite file cannot live on hdfs:// or s3a://; such roots need a tracking server.
         raise_missing_server(cfg)
