@@ -10,7 +10,7 @@ it is, read by nobody, and recorded in the quality report with its name, size, t
 
 Spark has no built-in that says whether a compressed file is whole, hence the Python
 check; it reads each file once more, in parallel on the executors, which is the cost of
-knowing (see docs/performance.md).
+knowing.
 """
 
 from __future__ import annotations
