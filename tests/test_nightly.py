@@ -6,12 +6,14 @@ a consumer in a fresh process that cannot import recpipe. Slow: several minutes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import shutil
 import subprocess
 import sys
 import textwrap
+from io import StringIO
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.generate, pytest.mark.ddp, pytest.m
 DATA = [
     "generate.users=2500", "generate.items=600", "generate.categories=12", "generate.days=8",
     "features.train_days=4", "features.min_files_per_split=2",
-    "als.train_days=5", "als.rank=8", "als.max_iter=4", "als.top_k=40", "als.eval_ks=[10]", "als.register_model=false",
+    "als.train_days=5", "als.rank=8", "als.max_iter=4", "als.top_k=50", "als.eval_ks=[50]", "als.register_model=false",
     "ranker.reader_workers=1", "ranker.progress=false", "ranker.epochs=2", "ranker.num_processes=2",
     "ranker.compare_base_model=false", "score.top_n=10",
 ]
@@ -102,7 +104,10 @@ def scenario(spark, tmp_path_factory):
     client = mlflow.MlflowClient(tracking_uri(cfg))
     seen = {"D": D, "cfg": cfg, "root": root}
 
-    seen["first"] = nightly(cfg, [D])
+    printed = StringIO()
+    with contextlib.redirect_stdout(printed):
+        seen["first"] = nightly(cfg, [D])
+    seen["first_printed"] = printed.getvalue()
     seen["after_first"] = aliases(client)
     before = file_state(root)
     seen["second"] = nightly(cfg, [D])
@@ -167,6 +172,30 @@ def test_first_nightly_runs_every_stage_and_promotes_a_version_that_beats_the_ba
     promote = next(o for o in scenario["first"] if o.stage == "promote")
     assert promote.note.startswith("promoted")
     assert scenario["after_first"]["champion"] == scenario["after_first"]["challenger"]
+
+
+def test_the_nightly_prints_the_ranker_als_and_gate_measures_and_the_run_ids_behind_them(scenario):
+    import mlflow
+    from recpipe.tracking import tracking_uri
+
+    D, printed = scenario["D"], scenario["first_printed"]
+    results = printed[printed.index(f"results for {D}:"):]
+    summary = {o.stage: o.summary for o in scenario["first"]}
+    als, train, promote = summary["als"], summary["train"], summary["promote"]
+    client = mlflow.MlflowClient(tracking_uri(scenario["cfg"]))
+    assert client.get_run(als["run_id"]).data.metrics["als_recall_at_50"] == pytest.approx(als["als_recall_at_50"])
+    assert f"Recall@50 {als['als_recall_at_50']:.4f} (popularity {als['popularity_recall_at_50']:.4f}), " \
+           f"run {als['run_id']}" in results
+    logged = client.get_run(train["run_id"]).data.metrics
+    assert logged["test_attention_auc"] == pytest.approx(train["test_attention_auc"], abs=1e-4)
+    assert f"attention test AUC {train['test_attention_auc']:.4f} gAUC {train['test_attention_gauc']:.4f}; " \
+           f"run {train['run_id']}, registered version {train['version']}" in results
+    assert f"promoted: challenger {train['version']} (AUC {promote['challenger_auc']:.4f}, " \
+           f"gAUC {promote['challenger_gauc']:.4f})" in results and f"champion now {train['version']}" in results
+    nightly_runs = client.search_runs([client.get_experiment_by_name("recpipe-nightly").experiment_id],
+                                      f"attributes.run_name = 'nightly-{D}'", order_by=["attributes.start_time ASC"])
+    assert f"nightly  run {nightly_runs[0].info.run_id}" in results
+    assert results.index("als") < results.index("train") < results.index("promote") < results.index("nightly")
 
 
 def test_the_nightly_records_each_stages_seconds_in_mlflow(scenario):
@@ -331,3 +360,26 @@ def test_the_score_stage_gives_the_consumer_pyfuncs_scores(spark, scenario):
     model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{listed['model_version'].iloc[0]}")
     consumer = model.predict(model_input(rows)).to_numpy()
     assert consumer == pytest.approx(rows["score"].to_numpy(), abs=1e-6)
+
+
+def test_the_notebooks_run_top_to_bottom_on_a_nightly_root_and_draw(scenario, monkeypatch):
+    """The three notebooks on the nightly's outputs for D (not a whole-history cut-off): the
+    generator's manifest stands in for the ingest report, and only attention was trained."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from tests.conftest import LOCAL_CONF, REPO
+
+    D = scenario["D"]
+    monkeypatch.setenv("RECPIPE_CONF", str(LOCAL_CONF))
+    monkeypatch.setenv("RECPIPE_SET", " ".join([f"paths.root={scenario['root']}", *DATA]))  # K of the ALS run
+    monkeypatch.setenv("RECPIPE_DATE", D.isoformat())  # the backfill left later days: D is named, not found
+    for name in ("01_data_quality", "02_candidates", "03_attention_ranker"):
+        notebook = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+        where = {"metadata": {"path": str(REPO)}}  # the kernel starts in the repository root
+        NotebookClient(notebook, timeout=300, kernel_name="python3", resources=where).execute()
+        outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+        assert not [o for o in outputs if o.get("output_type") == "error"], name
+        assert f"| D: {D}" in "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream"), name
+        images = sum("image/png" in o.get("data", {}) for o in outputs)
+        assert images >= 3, f"{name} drew {images} figures"
