@@ -136,6 +136,23 @@ def content_digest(folder) -> str:
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
 
+def wait_for_http(url: str, process, log_path: Path, timeout_s: float, what: str) -> None:
+    """Return once `url` answers; fail with the end of the log when `process` exits or
+    `timeout_s` passes first."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{what} did not come up: {log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+
+
 @contextmanager
 def mlflow_server(cfg, port: int, log_path: Path):
     """`mlflow server` for cfg's root on 127.0.0.1:port, up within 120 s, stopped by its process id.
@@ -143,8 +160,6 @@ def mlflow_server(cfg, port: int, log_path: Path):
     import os
     import signal
     import subprocess
-    import time
-    import urllib.request
 
     from recpipe.tracking import server_command
 
@@ -152,15 +167,7 @@ def mlflow_server(cfg, port: int, log_path: Path):
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                        break
-                except OSError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        pytest.fail(f"mlflow server did not come up: {log_path.read_text()[-3000:]}")
-                    time.sleep(0.5)
+            wait_for_http(f"http://127.0.0.1:{port}/health", process, log_path, 120, "mlflow server")
             yield Path(command[command.index("--artifacts-destination") + 1]).parent
         finally:
             os.killpg(process.pid, signal.SIGTERM)  # the server's workers are in its group

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from recpipe.names import CHAMPION, RANKER_MODEL
 from recpipe.serving.model import build_model
 from recpipe.serving.scoring import CandidateScorer, save_vocabulary, save_weights
 
-from tests.conftest import RECPIPE_NOT_LOADED, WITHOUT_RECPIPE, free_port, subprocess_env
+from tests.conftest import RECPIPE_NOT_LOADED, WITHOUT_RECPIPE, free_port, subprocess_env, wait_for_http
 from tests.test_ranker_pyfunc import BRAND_IDX, CANDIDATES, CAT_IDX, CONFIG, ITEM_IDS, ITEM_IDX
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -118,15 +117,7 @@ def test_the_champion_scores_over_rest_from_mlflow_models_serve(champion, tmp_pa
         server = subprocess.Popen(command, env=champion.env(), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                        break
-                except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        pytest.fail(f"mlflow models serve did not come up: {log_path.read_text()[-4000:]}")
-                    time.sleep(0.5)
+            wait_for_http(f"http://127.0.0.1:{port}/ping", server, log_path, 180, "mlflow models serve")
 
             invocations = f"http://127.0.0.1:{port}/invocations"
             ids_only = ROWS[IDS_ONLY]
