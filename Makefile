@@ -64,15 +64,21 @@ notebooks: setup  ## open notebooks/ in a notebook server on 127.0.0.1 (installs
 
 # The executors' environment: recpipe[PACK_EXTRAS] from the wheel (not editable: venv-pack
 # refuses an editable install) in a venv of its own, packed for `--archives dist/env.tar.gz#env`.
+# Keep PACK_OUT a .tar.gz: Spark unpacks that with tar, which keeps bin/python's link to the
+# interpreter (its Java untar of a plain .tar refuses it). PACK_PIP_ARGS go to pip install.
 PACK_EXTRAS ?= train
 PACK_VENV ?= build/pack-venv
+PACK_OUT ?= dist/env.tar.gz
+PACK_PIP_ARGS ?=
+PACK_LEVEL ?= 4
 PYTHON ?= python3.11
 pack: dist  ## dist/env.tar.gz: a packed venv of the wheel with [PACK_EXTRAS] (default train) for the executors
-	rm -rf $(PACK_VENV) dist/env.tar.gz
+	rm -rf $(PACK_VENV) $(PACK_OUT)
 	$(PYTHON) -m venv $(PACK_VENV)
-	$(PACK_VENV)/bin/pip install --quiet "$$(ls dist/recpipe-*.whl)$(if $(PACK_EXTRAS),[$(PACK_EXTRAS)])" -c constraints.txt
-	$(VENV)/bin/venv-pack --quiet -p $(PACK_VENV) -o dist/env.tar.gz
-	@ls -l dist/env.tar.gz
+	$(PACK_VENV)/bin/pip install --quiet $(PACK_PIP_ARGS) "$$(ls dist/recpipe-*.whl)$(if $(PACK_EXTRAS),[$(PACK_EXTRAS)])" \
+		-c constraints.txt
+	$(VENV)/bin/venv-pack --quiet --compress-level $(PACK_LEVEL) -p $(PACK_VENV) -o $(PACK_OUT)
+	@ls -l $(PACK_OUT)
 
 clean-data:  ## remove the local data root (var/)
 	rm -rf var

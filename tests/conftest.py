@@ -96,6 +96,27 @@ def spark(tmp_path_factory):
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def packed_env(tmp_path_factory) -> dict[str, Path]:
+    """What `make pack` builds, as a user runs it, with the base install only (PACK_EXTRAS=):
+    `venv`, the venv the wheel went into with its declared dependencies, and `archive`, that
+    venv packed by venv-pack as the executors' environment. Without byte-compiling and at
+    gzip's fastest level, which would double the pack's time here and change nothing tested."""
+    import subprocess
+    import sys
+
+    home = tmp_path_factory.mktemp("pack")
+    venv, archive = home / "venv", home / "env.tar.gz"
+    base_python = getattr(sys, "_base_executable", sys.executable)  # the interpreter the checkout's venv came from
+    checkout_venv = Path(sys.executable).parent.parent
+    done = subprocess.run(["make", "--no-print-directory", "pack", f"VENV={checkout_venv}", "PACK_EXTRAS=",
+                           f"PACK_VENV={venv}", f"PACK_OUT={archive}", "PACK_PIP_ARGS=--no-compile", "PACK_LEVEL=1",
+                           f"PYTHON={base_python}"],
+                          cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return {"venv": venv, "archive": archive}
+
+
 @pytest.fixture
 def make_config(tmp_path):
     """Build a config from conf/local.yaml rooted in this test's temp dir, plus overrides."""

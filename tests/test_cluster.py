@@ -48,8 +48,16 @@ TINY = [
 # Short-lived JVMs on 2 cores: the C1 compiler alone starts them faster (the default C2
 # pays off only in long jobs), and one GC thread leaves the cores to the work.
 FAST_JVM = "'-XX:TieredStopAtLevel=1 -XX:+UseSerialGC'"
-SUBMIT_CONF = f"submit.conf={{spark.log.level: WARN, spark.driver.extraJavaOptions: {FAST_JVM}, " \
-              f"spark.executor.extraJavaOptions: {FAST_JVM}}}"
+
+
+def submit_conf(log_level: str = "WARN", **more: str) -> str:
+    """The --set for submit.conf: fast JVMs, the log level, and `more` settings."""
+    extra = "".join(f", {key.replace('_', '.')}: '{value}'" for key, value in more.items())
+    return f"submit.conf={{spark.log.level: {log_level}, spark.driver.extraJavaOptions: {FAST_JVM}, " \
+           f"spark.executor.extraJavaOptions: {FAST_JVM}{extra}}}"
+
+
+SUBMIT_CONF = submit_conf()
 # Tables of D compared row for row between the cluster run and the local run.
 ETL_TABLES = ["events", "rejects", "dim_users", "dim_items", "dim_categories", "dim_brands", "catalogue", "user_features",
               "item_features", "sequences", "samples"]
@@ -223,10 +231,12 @@ def test_ddp_ranks_run_as_barrier_tasks_on_both_workers_executors(cluster, tmp_p
 
 
 @pytest.fixture(scope="module")
-def killed_clean(spark, cluster, tmp_path_factory):
-    """`recpipe clean` submitted to the cluster, its second worker's JVM killed (by process id)
-    a few stages into the job; and the same day cleaned undisturbed in local mode.
-    Requested after the full run's tests: it leaves the cluster with one worker."""
+def killed_clean(spark, cluster, packed_env, tmp_path_factory):
+    """`recpipe clean` submitted to the cluster with the executors' Python from the archive
+    `make pack` built (`spark.archives` …#env, `submit.python=./env/bin/python`), its second
+    worker's JVM killed (by process id) a few stages into the job; and the same day cleaned
+    undisturbed in local mode. Requested after the full run's tests: it leaves the cluster
+    with one worker."""
     from recpipe.config import load_config
     from recpipe.etl import clean
     from recpipe.generate import run as generate
@@ -242,7 +252,9 @@ def killed_clean(spark, cluster, tmp_path_factory):
 
     victim = cluster["pids"][-1]  # the second worker's JVM
     command = [sys.executable, "-m", "recpipe.cli", "clean", "--conf", cluster["profile"], "--date", day]
-    for setting in [*day_settings, f"paths.root={roots['killed']}", SUBMIT_CONF.replace("WARN", "INFO")]:
+    from_archive = ["submit.python=./env/bin/python",
+                    submit_conf("INFO", spark_archives=f"{packed_env['archive']}#env")]
+    for setting in [*day_settings, f"paths.root={roots['killed']}", *from_archive]:
         command += ["--set", setting]
     env = subprocess_env()
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -257,7 +269,10 @@ def killed_clean(spark, cluster, tmp_path_factory):
             process.kill()
             break
     process.wait(timeout=60)
-    return {"day": day, "roots": roots, "killed": killed, "returncode": process.returncode, "output": "".join(output)}
+    text = "".join(output)
+    app = re.search(r"Connected to Spark cluster with app ID (app-\S+)", text)
+    return {"day": day, "roots": roots, "killed": killed, "returncode": process.returncode, "output": text,
+            "app": app and app.group(1)}
 
 
 def test_a_worker_killed_mid_clean_is_survived_and_the_output_is_unchanged(killed_clean):
@@ -272,6 +287,19 @@ def test_a_worker_killed_mid_clean_is_survived_and_the_output_is_unchanged(kille
         date = dt.date.fromisoformat(str(day))
         assert content_digest(day_folder(cfgs["killed"], table, date)) == \
             content_digest(day_folder(cfgs["undisturbed"], table, date)), table
+
+
+def test_the_submitted_clean_ran_its_python_workers_from_the_packed_archive(cluster, killed_clean):
+    """clean's dictionaries number new ids in Python tasks (rdd.zipWithIndex), so its
+    executors start Python workers: with spark.pyspark.python=./env/bin/python there is no
+    other Python they could have used, and each executor unpacked the archive as env/."""
+    assert killed_clean["returncode"] == 0 and killed_clean["app"], killed_clean["output"][-3000:]
+    executors = list((cluster["home"] / "run").glob(f"worker-*/{killed_clean['app']}/*"))
+    unpacked = [e for e in executors if (e / "env" / "bin" / "python").exists()]
+    # the surviving worker's executor ran the job to its end (the killed one may have died first)
+    assert "worker-0" in {e.parts[-3] for e in unpacked}, executors
+    site = "lib/python{}.{}/site-packages".format(*sys.version_info[:2])
+    assert all((e / "env" / site / "recpipe" / "__init__.py").is_file() for e in unpacked)
 
 
 def test_the_submitted_run_and_its_artifacts_went_through_the_tracking_server(cluster, killed_clean):

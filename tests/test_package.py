@@ -1,5 +1,7 @@
-"""The wheel is a working install: built from the checkout, installed with its declared
-dependencies into a fresh venv under constraints.txt, and run from another directory."""
+"""The wheel is a working install: built from the checkout by `make pack`, installed with its
+declared dependencies into a fresh venv under constraints.txt, run from another directory,
+and packed by venv-pack into an archive that holds the package itself, not a link to the
+checkout. (tests/test_cluster.py runs executors from that archive.)"""
 
 from __future__ import annotations
 
@@ -23,18 +25,9 @@ def run(*command, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> Path:
-    """bin/ of a fresh venv holding the wheel and the dependencies it declares, nothing else."""
-    home = tmp_path_factory.mktemp("package")
-    run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", home / "dist",
-        REPO, cwd=home, timeout=300)
-    (wheel,) = (home / "dist").glob("recpipe-*.whl")
-    base_python = getattr(sys, "_base_executable", sys.executable)  # the interpreter the checkout's venv was made from
-    run(base_python, "-m", "venv", home / "venv", cwd=home)
-    # --no-compile: byte-compiling the whole stack would double the install's time here
-    run(home / "venv" / "bin" / "pip", "install", "--quiet", "--no-compile", wheel, "-c", REPO / "constraints.txt",
-        cwd=home, timeout=1200)
-    return home / "venv" / "bin"
+def installed(packed_env) -> Path:
+    """bin/ of the venv `make pack` made: the wheel and the dependencies it declares, nothing else."""
+    return packed_env["venv"] / "bin"
 
 
 def test_the_installed_cli_reports_its_version_and_its_config_from_another_directory(installed, tmp_path):
@@ -65,3 +58,17 @@ def test_the_base_install_holds_the_driver_stack_and_leaves_training_to_its_extr
                 if "==" in line and not line.startswith("#"))
     assert versions == [pins["pyspark"], pins["mlflow"]]  # installed under the pinned constraints
     run(installed / "pip", "check", cwd=tmp_path)
+
+
+def test_the_packed_archive_holds_the_installed_package_not_a_link_to_the_checkout(packed_env):
+    import tarfile
+
+    import recpipe
+
+    with tarfile.open(packed_env["archive"]) as archive:
+        names = set(archive.getnames())
+    site = "lib/python{}.{}/site-packages".format(*sys.version_info[:2])
+    assert {"bin/python", f"{site}/recpipe/__init__.py", f"{site}/recpipe/jobs/clean_events.py",
+            f"{site}/recpipe/conf/base.yaml", f"{site}/pyspark/__init__.py"} <= names
+    assert f"{site}/recpipe-{recpipe.__version__}.dist-info/METADATA" in names
+    assert not any(n.endswith(".pth") and "recpipe" in n for n in names)  # an editable install leaves one
