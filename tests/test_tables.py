@@ -62,13 +62,16 @@ def test_each_day_keeps_its_previous_version_and_loses_the_one_before(spark, mak
     assert versions == sorted(f"_v-{pointer[k]}" for k in ("version", "previous"))
 
 
-def test_an_empty_write_removes_the_day_for_readers(spark, make_config):
+@pytest.mark.parametrize("rows", [0, None], ids=["rows-given", "rows-unknown"])
+def test_an_empty_write_removes_the_day_for_readers(spark, make_config, rows):
     cfg = make_config()
     io.write_day(frame(spark, 1), cfg, "events", D, files=1)
-    io.write_day(frame(spark).limit(0), cfg, "events", D, files=1, rows=0)
+    io.write_day(frame(spark, 2).where("x > 5"), cfg, "events", D, files=1, rows=rows)
 
     assert io.location(cfg, "events", D) is None
     assert io.partition_days(cfg, "events") == []
+    # D's earlier version is kept as `previous`; the empty write leaves no version of its own
+    assert len(list(Path(cfg.table_path("events")).glob("_v-*"))) == 1
 
 
 def test_a_stage_that_raises_commits_nothing_and_leaves_no_version_behind(spark, make_config):

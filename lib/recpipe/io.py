@@ -150,12 +150,15 @@ def read_path(spark: SparkSession, location: str | None, what: str = "") -> Data
 def write_day(frame: DataFrame, cfg: Config, name: str, date: dt.date, files: int, rows: int | None = None) -> None:
     """Replace day D of a table by `frame` (without a `dt` column).
 
-    A frame with no rows removes D, so no stale D of an earlier run stays readable. Pass
-    `rows` when it is known, to spare the emptiness check its Spark job.
+    A frame with no rows removes D, so no stale D of an earlier run stays readable. `rows`,
+    when known, is trusted; otherwise the write itself tells: an empty frame writes no `dt=`
+    folder. (Asking the frame first would compute it twice: once to see a row, once to write.)
     """
-    empty = rows == 0 if rows is not None else frame.isEmpty()
     with tables.committing(cfg, f"write {name}") as commit:
-        if empty:
+        if rows == 0:
             commit.remove(name, date)
             return
         write_days(with_day(frame, date), cfg, name, files)
+        if not paths.exists(paths.join_uri(commit.version_root(name), f"{DT}={date.isoformat()}")):
+            commit.remove(name, date)
+            paths.delete_dir(commit.version_root(name))  # only Spark's _SUCCESS: the table is written once a commit

@@ -36,8 +36,10 @@ from recpipe.etl.dictionaries import (
     check_extends_previous,
     read_newest_snapshot,
     read_snapshot,
+    require_dense,
     require_index,
     snapshot_as_of,
+    snapshot_stats,
     unseen_ids,
 )
 from recpipe.etl.quality import (
@@ -59,7 +61,6 @@ from recpipe.schema import (
     EVENT_ID,
     EVENT_TYPE,
     EVENTS_SCHEMA,
-    FIRST_SEEN,
     ITEM_ID,
     ITEM_IDX,
     LINE,
@@ -212,7 +213,7 @@ def write_outputs(spark: SparkSession, cfg: Config, date: dt.date, classified: D
     settings = cfg.clean
     day_column = (DT,) if by_file_day else ()
     accepted = accepted_lines(classified)
-    dictionaries = update_dictionaries(
+    dictionaries, first_seen = update_dictionaries(
         spark, cfg, date,
         used={USERS: accepted.select(USER_ID), ITEMS: accepted.select(ITEM_ID)},
         listed={ITEMS: catalogue.select(ITEM_ID), CATEGORIES: catalogue.select(CATEGORY),
@@ -226,16 +227,20 @@ def write_outputs(spark: SparkSession, cfg: Config, date: dt.date, classified: D
         write_day(rejected_lines(classified), cfg, "rejects", date, rows=outcomes.rejected,
                   files=settings.rejects_files_per_day)
     indexed_catalogue = index_catalogue(catalogue, dictionaries[ITEMS], dictionaries[CATEGORIES], dictionaries[BRANDS])
-    catalogue_items = indexed_catalogue.count()
-    write_day(indexed_catalogue, cfg, "catalogue", date, rows=catalogue_items, files=settings.snapshot_files_per_day)
+    indexed_catalogue = indexed_catalogue.persist(StorageLevel.MEMORY_AND_DISK)  # counted, then written
+    try:
+        catalogue_items = indexed_catalogue.count()
+        write_day(indexed_catalogue, cfg, "catalogue", date, rows=catalogue_items,
+                  files=settings.snapshot_files_per_day)
+    finally:
+        indexed_catalogue.unpersist()
     report = build_report(
         day=date,
         lines_read=lines_read,
         outcomes=outcomes,
         distinct=distinct_ids(accepted),
-        new_ids={kind: count_first_seen(dictionaries[spec], date)
-                 for kind, spec in (("users", USERS), ("items", ITEMS), ("categories", CATEGORIES),
-                                    ("brands", BRANDS))},
+        new_ids={kind: first_seen[spec] for kind, spec in
+                 (("users", USERS), ("items", ITEMS), ("categories", CATEGORIES), ("brands", BRANDS))},
         catalogue_items=catalogue_items,
     )
     # Last: a write to the events table makes Spark drop every cached plan that reads it,
@@ -303,7 +308,8 @@ def previous_event_ids(spark: SparkSession, cfg: Config, date: dt.date, lookback
 
 
 def update_dictionaries(spark: SparkSession, cfg: Config, date: dt.date, *, used: dict[DictionarySpec, DataFrame],
-                        listed: dict[DictionarySpec, DataFrame]) -> dict[DictionarySpec, DataFrame]:
+                        listed: dict[DictionarySpec, DataFrame]
+                        ) -> tuple[dict[DictionarySpec, DataFrame], dict[DictionarySpec, int]]:
     """Extend each dictionary's newest snapshot by the ids it lacks and write it as D's.
 
     The newest snapshot, whatever its day, decides the next free index. When it is newer
@@ -319,7 +325,8 @@ def update_dictionaries(spark: SparkSession, cfg: Config, date: dt.date, *, used
     Returns:
         Per dictionary, D's snapshot as written, read back: the frames built from the
         old snapshot must not be used once it may have been replaced (a rerun of D
-        overwrites the very snapshot it read).
+        overwrites the very snapshot it read); and per dictionary, how many ids were
+        first seen on D.
 
     Raises:
         DataError: before any write, when D is older than the newest snapshot and its
@@ -343,16 +350,30 @@ def update_dictionaries(spark: SparkSession, cfg: Config, date: dt.date, *, used
         kept = key_union(spec.key, everything, read_snapshot(spark, cfg, spec, before) if before else None)
         snapshots[spec] = snapshot_as_of(existing, kept, key=spec.key, day=date)
         rebuilt.add(spec)
-    written = {}
+    written, first_seen = {}, {}
     for spec, frame in snapshots.items():
-        if frame.isEmpty():  # no id yet (a first day without events): there is no snapshot to write
-            written[spec] = spark.createDataFrame([], spec.schema)
-            continue
-        io.write_days(io.with_day(frame, date), cfg, spec.table, files=cfg.clean.snapshot_files_per_day)
-        written[spec] = read_snapshot(spark, cfg, spec, date)  # dense and unique: checked as it is read back
+        written[spec], first_seen[spec] = write_snapshot(spark, cfg, spec, frame, date)
         if spec in rebuilt:  # an extension of the checked newest snapshot carries its rows as they were
             check_extends_previous(spark, cfg, spec, written[spec], date)
-    return written
+    return written, first_seen
+
+
+def write_snapshot(spark: SparkSession, cfg: Config, spec: DictionarySpec, snapshot: DataFrame,
+                   date: dt.date) -> tuple[DataFrame, int]:
+    """Check D's new snapshot of a dictionary (dense and unique) and write it; return it as
+    written, read back, and how many of its ids are first seen on D. Nothing is written
+    for a dictionary that has no id yet (a first day without events)."""
+    # Numbered once: the check, the count and the write all read the same computed rows.
+    snapshot = snapshot.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        stats = snapshot_stats(snapshot, spec, date)
+        if stats["rows"] == 0:
+            return spark.createDataFrame([], spec.schema), 0
+        require_dense(snapshot, spec, date, stats)  # a bug if not, caught before anything is written
+        io.write_days(io.with_day(snapshot, date), cfg, spec.table, files=cfg.clean.snapshot_files_per_day)
+    finally:
+        snapshot.unpersist()
+    return read_snapshot(spark, cfg, spec, date, check=False), stats["new"]
 
 
 def key_union(key: str, *frames: DataFrame | None) -> DataFrame | None:
@@ -382,11 +403,6 @@ def index_events(accepted: DataFrame, users: DataFrame, items: DataFrame, carry:
 def write_day(frame: DataFrame, cfg: Config, name: str, date: dt.date, *, rows: int, files: int) -> None:
     """Replace day D of a table by `frame`, which holds `rows` rows (empty: D removed)."""
     io.write_day(frame, cfg, name, date, files, rows=rows)
-
-
-def count_first_seen(dictionary: DataFrame, date: dt.date) -> int:
-    """How many ids of a dictionary snapshot entered it on `date`."""
-    return dictionary.where(F.col(FIRST_SEEN) == F.lit(date)).count()
 
 
 DICTIONARIES = (USERS, ITEMS, CATEGORIES, BRANDS)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -73,12 +73,15 @@ def read_newest_snapshot(spark: SparkSession, cfg: Config, spec: DictionarySpec)
     return snapshot, newest
 
 
-def read_snapshot(spark: SparkSession, cfg: Config, spec: DictionarySpec, day: dt.date) -> DataFrame:
+def read_snapshot(spark: SparkSession, cfg: Config, spec: DictionarySpec, day: dt.date, *,
+                  check: bool = True) -> DataFrame:
     """One day's snapshot of a dictionary (`key`, `index`, `first_seen`), checked dense from
-    1 and unique both ways (DictionaryError otherwise)."""
+    1 and unique both ways (DictionaryError otherwise). `check=False` is for a snapshot this
+    job has just checked and written."""
     # The schema is known: giving it spares Spark a job that reads Parquet footers.
     snapshot = spark.read.schema(spec.schema).parquet(snapshot_location(cfg, spec, day))
-    check_snapshot(snapshot, spec, day)
+    if check:
+        check_snapshot(snapshot, spec, day)
     return snapshot
 
 
@@ -97,23 +100,35 @@ def check_snapshot(snapshot: DataFrame, spec: DictionarySpec, day: dt.date) -> N
 
     One aggregate when the snapshot is sound; the first bad id is looked for only when not.
     """
+    stats = snapshot_stats(snapshot, spec, day)
+    if stats["rows"] == 0:
+        raise DictionaryError(f"{spec.table} dt={day}: the snapshot is empty, but a dictionary only grows; restore it "
+                              f"(or remove the folder and clean the days from {day} on again)")
+    require_dense(snapshot, spec, day, stats)
+
+
+def snapshot_stats(snapshot: DataFrame, spec: DictionarySpec, day: dt.date) -> Row:
+    """One aggregate over a snapshot: `rows`, distinct `keys` and `indexes`, `low` and `high`
+    index, `nulls` (rows without id or index) and `new` (ids first seen on `day`)."""
     key, index = F.col(spec.key), F.col(spec.index)
-    stats = snapshot.agg(
+    return snapshot.agg(
         F.count(F.lit(1)).alias("rows"),
         F.countDistinct(key).alias("keys"),
         F.countDistinct(index).alias("indexes"),
         F.min(index).alias("low"),
         F.max(index).alias("high"),
         F.count(F.when(key.isNull() | index.isNull(), 1)).alias("nulls"),
+        F.count(F.when(F.col(FIRST_SEEN) == F.lit(day), 1)).alias("new"),
     ).first()
-    where = f"{spec.table} dt={day}"
-    if stats["rows"] == 0:
-        raise DictionaryError(f"{where}: the snapshot is empty, but a dictionary only grows; restore it (or remove "
-                              f"the folder and clean the days from {day} on again)")
+
+
+def require_dense(snapshot: DataFrame, spec: DictionarySpec, day: dt.date, stats: Row) -> None:
+    """DictionaryError unless `stats` (the snapshot's, from `snapshot_stats`) say its indexes
+    are 1..n, one per id and one id per index; the error names the first bad id."""
     if stats["nulls"] == 0 and stats["rows"] == stats["keys"] == stats["indexes"] == stats["high"] and stats["low"] == 1:
         return
-    raise DictionaryError(f"{where}: {first_violation(snapshot, spec)}; every later join on {spec.index} would be "
-                          "wrong, so nothing is numbered or read from it")
+    raise DictionaryError(f"{spec.table} dt={day}: {first_violation(snapshot, spec)}; every later join on {spec.index} "
+                          "would be wrong, so nothing is numbered or read from it")
 
 
 def first_violation(snapshot: DataFrame, spec: DictionarySpec) -> str:
