@@ -30,12 +30,17 @@ sys.meta_path.insert(0, NoRecpipe())
 RECPIPE_NOT_LOADED = 'assert not any(m == "recpipe" or m.startswith("recpipe.") for m in sys.modules)\n'
 
 
+SPARK_CONF_DIR = Path(__file__).resolve().parent / "spark_conf"
+
+
 def subprocess_env() -> dict[str, str]:
     """This environment for a child process, without what would point it elsewhere
-    (another tracking URI, Python path or Spark install)."""
+    (another tracking URI, Python path or Spark install), and with the tests' Spark
+    defaults for short-lived driver JVMs (tests/spark_conf/spark-defaults.conf)."""
     import os
 
-    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PYTHONPATH", "SPARK_HOME")}
+    kept = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PYTHONPATH", "SPARK_HOME")}
+    return {**kept, "SPARK_CONF_DIR": str(SPARK_CONF_DIR)}
 
 
 def ranker_settings(**overrides) -> dict:

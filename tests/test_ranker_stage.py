@@ -47,8 +47,7 @@ def chain(spark, tmp_path_factory):
     cfg = load_config(LOCAL_CONF, [f"paths.root={root}", *DATA])
     generate(cfg)
     dates = cfg.generate.dates
-    for date in dates:
-        clean.run(spark, cfg, date)
+    clean.run_range(spark, cfg, dates[0], dates[-1])  # the days' events as daily cleans give them, in one job
     D = dates[-1]
     features.run(spark, cfg, D)
     # ALS for the first train day (its factors score the whole train window, leak-free)
