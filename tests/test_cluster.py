@@ -50,9 +50,9 @@ TINY = [
 FAST_JVM = "'-XX:TieredStopAtLevel=1 -XX:+UseSerialGC'"
 
 
-def submit_conf(log_level: str = "WARN", **more: str) -> str:
-    """The --set for submit.conf: fast JVMs, the log level, and `more` settings."""
-    extra = "".join(f", {key.replace('_', '.')}: '{value}'" for key, value in more.items())
+def submit_conf(log_level: str = "WARN", more: dict[str, str] | None = None) -> str:
+    """The --set for submit.conf: fast JVMs, the log level, and `more` Spark settings."""
+    extra = "".join(f", {key}: '{value}'" for key, value in (more or {}).items())
     return f"submit.conf={{spark.log.level: {log_level}, spark.driver.extraJavaOptions: {FAST_JVM}, " \
            f"spark.executor.extraJavaOptions: {FAST_JVM}{extra}}}"
 
@@ -253,7 +253,7 @@ def killed_clean(spark, cluster, packed_env, tmp_path_factory):
     victim = cluster["pids"][-1]  # the second worker's JVM
     command = [sys.executable, "-m", "recpipe.cli", "clean", "--conf", cluster["profile"], "--date", day]
     from_archive = ["submit.python=./env/bin/python",
-                    submit_conf("INFO", spark_archives=f"{packed_env['archive']}#env")]
+                    submit_conf("INFO", {"spark.archives": f"{packed_env['archive']}#env"})]
     for setting in [*day_settings, f"paths.root={roots['killed']}", *from_archive]:
         command += ["--set", setting]
     env = subprocess_env()
@@ -354,7 +354,7 @@ def test_sigterm_to_a_submit_mode_nightly_stops_its_application_before_the_lock_
     day = next(iter(manifest["days"]))
     command = [sys.executable, "-m", "recpipe.cli", "nightly", "--conf", cluster["profile"], "--date", day]
     for setting in [*day_settings, f"paths.root={root}", f"spark.app_name={app}", "nightly.stages=[clean]",
-                    SUBMIT_CONF.replace("WARN", "INFO")]:
+                    submit_conf("INFO")]:
         command += ["--set", setting]
     process = subprocess.Popen(command, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)

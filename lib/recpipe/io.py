@@ -75,8 +75,10 @@ def newest_on_or_before(days: Sequence[dt.date], as_of: dt.date) -> dt.date | No
     return days[position - 1] if position else None
 
 
-def write_days(frame: DataFrame, cfg: Config, name: str, files: int, partition_by: Sequence[str] = (DT,)) -> None:
-    """Write a frame that carries its own `dt` column as a new version of the days it holds.
+def write_days(frame: DataFrame, cfg: Config, name: str, files: int,
+               partition_by: Sequence[str] = (DT,)) -> list[dt.date]:
+    """Write a frame that carries its own `dt` column as a new version of the days it holds;
+    return those days (none for a frame without rows).
 
     Args:
         frame: rows to write, with the partition columns.
@@ -97,7 +99,7 @@ def write_days(frame: DataFrame, cfg: Config, name: str, files: int, partition_b
             .partitionBy(*partition_by)
             .parquet(commit.version_root(name))
         )
-        commit.wrote(name)
+        return commit.wrote(name)
 
 
 def replace_days(frame: DataFrame, cfg: Config, name: str, days: Sequence[dt.date], files: int) -> None:
@@ -158,7 +160,6 @@ def write_day(frame: DataFrame, cfg: Config, name: str, date: dt.date, files: in
         if rows == 0:
             commit.remove(name, date)
             return
-        write_days(with_day(frame, date), cfg, name, files)
-        if not paths.exists(paths.join_uri(commit.version_root(name), f"{DT}={date.isoformat()}")):
+        if date not in write_days(with_day(frame, date), cfg, name, files):
             commit.remove(name, date)
             paths.delete_dir(commit.version_root(name))  # only Spark's _SUCCESS: the table is written once a commit

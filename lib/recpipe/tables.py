@@ -254,8 +254,9 @@ class Commit:
         self._removed.get(root, set()).discard(date.isoformat())
         return version_location(root, suffix, date, self.id)
 
-    def wrote(self, name: str, days: list[dt.date] | None = None) -> None:
-        """Record the days a write produced (None: whatever `dt=` folders the version holds)."""
+    def wrote(self, name: str, days: list[dt.date] | None = None) -> list[dt.date]:
+        """Record the days a write produced (None: whatever `dt=` folders the version holds)
+        and return them."""
         root, _ = family(self.cfg, name)
         self._register(root)
         if days is None:
@@ -264,6 +265,7 @@ class Commit:
             self._written[root].add(day.isoformat())
             self._removed.get(root, set()).discard(day.isoformat())
         fault_point(f"after-write:{name}")
+        return list(days)
 
     def remove(self, name: str, date: dt.date) -> None:
         """Day D of table `name` has no rows any more: readers will not find it."""
