@@ -16,6 +16,8 @@ import datetime as dt
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from recpipe.config import Config, load_config, parse_date
@@ -48,3 +50,32 @@ def ensure_nightly(args: argparse.Namespace, date: dt.date) -> None:
     env = {**os.environ, "DATE": date.isoformat(), "BIN": str(Path(sys.executable).parent)}
     print(f"# making sure the nightly for {date} has run: {' '.join(command)}", flush=True)
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
+
+
+class PeakRss:
+    """Samples the resident memory of this process and its children every 0.2 s."""
+
+    def __init__(self):
+        import psutil
+
+        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.is_set():
+            rss = self.process.memory_info().rss
+            for child in self.process.children(recursive=True):
+                try:
+                    rss += child.memory_info().rss
+                except Exception:
+                    pass
+            self.peak = max(self.peak, rss)
+            time.sleep(0.2)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()

@@ -4,13 +4,16 @@
 
 `--set` overrides apply after the sizes' own (users, items, files per day, local[2]);
 `--date` is the day `features` runs for (default: the last generated day). Ends with
-`summary: ratio_1m=… ratio_10m=… …` (clean + features, Spark over DuckDB, per size).
+`summary: ratio_1m=… ratio_10m=… range_ratio_1m=… …` (clean + features, Spark over DuckDB,
+per size; `range_` with Spark's clean of all days in one job).
 
 For each size the generator writes a data set (users scale with the size, 14 days), then
 each engine runs in its own subprocess (so peak memory is that engine's alone, JVM and
 Python workers included) on the same two cores:
 - Spark (`local[2]`): `recpipe clean` for every day, then `recpipe features` for the last
-  day, exactly as the pipeline runs them.
+  day, exactly as the pipeline runs them; then, on a second copy of the raw days, all of
+  them cleaned in one job (`recpipe clean-range`, as `make run` and backfills do) and
+  features again.
 - DuckDB (2 threads): the same reject rules in the same precedence over the same lines,
   day by day, with duplicates checked against the earlier days' accepted ids, and the
   users' last-L behaviour sequences as of the last day. No features or samples: the
@@ -27,7 +30,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -35,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "lib"))
 
 from recpipe.config import load_config  # noqa: E402
-from bench_pipeline import add_pipeline_args  # noqa: E402  (beside this script)
+from bench_pipeline import PeakRss, add_pipeline_args  # noqa: E402  (beside this script)
 from bench_summary import summary_line  # noqa: E402
 
 USERS_PER_MILLION = 20000
@@ -52,36 +54,9 @@ def size_overrides(events: int, root: str) -> list[str]:
             "spark.driver_memory=6g", "spark.extra={spark.ui.enabled: 'false'}"]
 
 
-class PeakRss:
-    """Samples the resident memory of this process and its children every 0.2 s."""
-
-    def __init__(self):
-        import psutil
-
-        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self):
-        while not self._stop.is_set():
-            rss = self.process.memory_info().rss
-            for child in self.process.children(recursive=True):
-                try:
-                    rss += child.memory_info().rss
-                except Exception:
-                    pass
-            self.peak = max(self.peak, rss)
-            time.sleep(0.2)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-
-def run_spark(cfg, last: dt.date | None = None) -> dict:
+def run_spark(cfg, last: dt.date | None = None, in_one_job: bool = False) -> dict:
+    """Spark's clean of every day, one job per day as the nightly runs it (or all days in
+    one job, `clean.run_range`, as `recpipe clean-range` does), then features for the last."""
     from recpipe.etl import clean, features
     from recpipe.spark import get_spark
 
@@ -90,7 +65,8 @@ def run_spark(cfg, last: dt.date | None = None) -> dict:
     dates = [d for d in cfg.generate.dates if last is None or d <= last]
     with PeakRss() as rss:
         started = time.perf_counter()
-        reports = [clean.run(spark, cfg, date) for date in dates]
+        reports = ([clean.run_range(spark, cfg, dates[0], dates[-1])] if in_one_job
+                   else [clean.run(spark, cfg, date) for date in dates])
         clean_s = time.perf_counter() - started
         started = time.perf_counter()
         summary = features.run(spark, cfg, dates[-1])
@@ -203,7 +179,7 @@ def run_duckdb(cfg) -> dict:
 
 def child(engine: str, conf: str, overrides: list[str], date: dt.date | None) -> None:
     cfg = load_config(conf, overrides)
-    result = run_spark(cfg, date) if engine == "spark" else run_duckdb(cfg)
+    result = run_duckdb(cfg) if engine == "duckdb" else run_spark(cfg, date, in_one_job=engine == "spark-range")
     print("RESULT " + json.dumps(result))
 
 
@@ -227,15 +203,25 @@ def bench(events: int, workdir: str, args: argparse.Namespace) -> dict:
     generate_s = time.perf_counter() - started
     spark = measure("spark", args, overrides)
     duck = measure("duckdb", args, overrides)
+    # The one-job clean on a lake of its own: the same raw days, generated again (same seed).
+    range_overrides = [*size_overrides(events, root + "-range"), *args.overrides]
+    generate(load_config(args.conf, range_overrides))
+    spark_range = measure("spark-range", args, range_overrides)
     lines = manifest["totals"]["lines"]
+    duck_s = duck["clean_s"] + duck["features_s"]
+
+    def agrees(run: dict) -> bool:
+        return run["accepted"] == duck["accepted"] and all(run["rejected"].get(r, 0) == n
+                                                           for r, n in duck["rejected"].items())
     return {
         "events_requested": events, "lines": lines, "generate_s": generate_s,
-        "spark": spark, "duckdb": duck,
+        "spark": spark, "spark_range": spark_range, "duckdb": duck,
         "spark_clean_lines_per_s": lines / spark["clean_s"], "duckdb_clean_lines_per_s": lines / duck["clean_s"],
         "clean_ratio_spark_over_duckdb": spark["clean_s"] / duck["clean_s"],
-        "total_ratio_spark_over_duckdb": (spark["clean_s"] + spark["features_s"]) / (duck["clean_s"] + duck["features_s"]),
-        "counts_agree": spark["accepted"] == duck["accepted"]
-        and all(spark["rejected"].get(r, 0) == n for r, n in duck["rejected"].items()),
+        "total_ratio_spark_over_duckdb": (spark["clean_s"] + spark["features_s"]) / duck_s,
+        "range_clean_ratio_spark_over_duckdb": spark_range["clean_s"] / duck["clean_s"],
+        "range_total_ratio_spark_over_duckdb": (spark_range["clean_s"] + spark_range["features_s"]) / duck_s,
+        "counts_agree": agrees(spark) and agrees(spark_range),
     }
 
 
@@ -244,7 +230,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, action="append", help="data set size in events (repeatable)")
     parser.add_argument("--workdir", help="where the generated data goes (default: a temp dir)")
     parser.add_argument("--out", help="also write the report as JSON here")
-    parser.add_argument("--child", choices=["spark", "duckdb"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["spark", "spark-range", "duckdb"], help=argparse.SUPPRESS)
     add_pipeline_args(parser)
     args = parser.parse_args()
     if args.child:
@@ -257,6 +243,8 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(text)
     ratios = {f"ratio_{r['events_requested'] / 1e6:g}m": round(r["total_ratio_spark_over_duckdb"], 2) for r in report}
+    ratios |= {f"range_ratio_{r['events_requested'] / 1e6:g}m": round(r["range_total_ratio_spark_over_duckdb"], 2)
+               for r in report}
     print(summary_line({**ratios, "runs": report}))
 
 

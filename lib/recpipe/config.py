@@ -78,6 +78,7 @@ class TablesConfig:
     ranker_input_valid: str
     ranker_input_test: str
     checkpoints: str
+    ranker_quality: str
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,9 @@ class EvaluationConfig:
 class HistoryConfig:
     cutoff: str
     leave_last_out_min_positives: int
+    report_seeds: int
+    holdout_share: float
+    holdout_valid_share: float
 
 
 @dataclass(frozen=True)

@@ -15,3 +15,4 @@ ETL_EXPERIMENT = "recpipe-etl"
 ALS_EXPERIMENT = "recpipe-als"
 RANKER_EXPERIMENT = "recpipe-ranker"
 NIGHTLY_EXPERIMENT = "recpipe-nightly"  # one run per nightly date: each stage's seconds and status
+QUALITY_EXPERIMENT = "recpipe-ranker-quality"  # the report's multi-seed comparisons of the two networks

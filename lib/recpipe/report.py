@@ -8,7 +8,11 @@ metadata, the ranker's valid and test rows) and adds two things of its own:
   settings) and popularity are fitted on everything else and ranked for that one item;
 * logloss for the two baselines that score but do not predict (the ALS score and item
   popularity): each is turned into a probability by a one-feature logistic regression
-  (Platt scaling) fitted on the valid split, then scored on test like the networks.
+  (Platt scaling) fitted on the valid split, then scored on test like the networks;
+* both networks trained `history.report_seeds` times on the run's own split and on
+  held-out users (the DIN paper's protocol), each comparison logged as one MLflow run of
+  `recpipe-ranker-quality` (`recpipe.ranker.quality`): mean ± std per network and the
+  paired difference's 95 % interval, and whether attention's lead is inside the noise.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from recpipe.config import Config
 from recpipe.errors import DataError
 from recpipe.etl.samples import read_meta
 from recpipe.history import cutoff_date, data_span, whole_history_config
-from recpipe.names import ALS_EXPERIMENT, RANKER_EXPERIMENT
+from recpipe.names import ALS_EXPERIMENT, QUALITY_EXPERIMENT, RANKER_EXPERIMENT
+from recpipe.ranker import quality
 from recpipe.schema import ALS_SCORE, EVENT_TYPE, ITEM_DENSE, ITEM_IDX, LABEL, TS, USER_IDX
 from recpipe.splits import read_split, split_location
 
@@ -163,7 +168,8 @@ def retrieval_table(metrics: Mapping[str, float], methods: Mapping[str, str]) ->
 
 
 def render(*, cutoff: dt.date, first: dt.date, last: dt.date, ingest: Mapping, meta: Mapping,
-           als: Mapping[str, float], loo: Mapping[str, float], ranker: Mapping[str, float], command: str) -> str:
+           als: Mapping[str, float], loo: Mapping[str, float], ranker: Mapping[str, float], command: str,
+           seeds: Mapping[str, Mapping] | None = None) -> str:
     rows, positives = meta["rows"], meta["positives"]
     train_days = (cutoff - first).days
     lines = [
@@ -208,9 +214,8 @@ def render(*, cutoff: dt.date, first: dt.date, last: dt.date, ingest: Mapping, m
         f"The test split: {int(ranker['test_rows']):,} rows of {int(ranker['test_users'])} users. Every method is "
         "scored on the same rows. gAUC is the impression-weighted mean of per-user AUCs over users with both "
         "labels. The ALS score and popularity are scores, not probabilities: their logloss is after Platt "
-        "scaling fitted on the valid split. Repeated trainings on these rows differ by about 0.01 gAUC, as much "
-        "as attention and mean pooling differ from each other; the settings tried and their spread are in "
-        "`docs/benchmarks.md`.",
+        "scaling fitted on the valid split. Each network here is one training (seed `ranker.seed`); one "
+        "training cannot separate two networks closer than the seeds' spread, which the next section measures.",
         "",
         "| method | AUC | gAUC | logloss |",
         "|---|---|---|---|",
@@ -218,6 +223,7 @@ def render(*, cutoff: dt.date, first: dt.date, last: dt.date, ingest: Mapping, m
     for method, label in RANKER_METHODS:
         lines.append(f"| {label} | {_f(ranker.get(f'test_{method}_auc'))} | {_f(ranker.get(f'test_{method}_gauc'))} | "
                      f"{_f(ranker.get(f'test_{method}_logloss'))} |")
+    lines += seeds_section(seeds or {})
     lines += [
         "",
         "## Published reference points, and why they are not the same experiment",
@@ -239,6 +245,85 @@ def render(*, cutoff: dt.date, first: dt.date, last: dt.date, ingest: Mapping, m
         "",
     ]
     return "\n".join(lines)
+
+
+SEED_METHODS, FIXED_METHODS = RANKER_METHODS[:2], RANKER_METHODS[2:]
+
+
+def seeds_section(comparisons: Mapping[str, Mapping]) -> list[str]:
+    """The multi-seed comparison of each split: a table and the verdict on the noise."""
+    if not comparisons:
+        return []
+    first = next(iter(comparisons.values()))
+    lines = [
+        "",
+        f"## The two networks over {len(first['seeds'])} seeds",
+        "",
+        f"Each network trained with seeds {', '.join(map(str, first['seeds']))} on the same rows, everything else "
+        "as above (the best epoch's weights of each training); mean ± std over the seeds. The difference is "
+        "paired: attention − mean pooling for each seed, with the 95 % t-interval of its mean. Each comparison "
+        f"is the MLflow run named below, in `{QUALITY_EXPERIMENT}`.",
+    ]
+    for label, comparison in comparisons.items():
+        values = comparison["figures"]
+        lines += [
+            "",
+            f"### {comparison['title']}",
+            "",
+            f"{comparison['rule'][0].upper()}{comparison['rule'][1:]}. Test: {comparison['test_rows']:,} rows of "
+            f"{comparison['test_users']:,} users. Run `{comparison['run_id']}`.",
+            "",
+            "| method | AUC | gAUC |",
+            "|---|---|---|",
+        ]
+        for method, name in SEED_METHODS:
+            lines.append(f"| {name} | {_f(values[f'{method}_auc'])} ± {_f(values[f'{method}_auc_std'])} | "
+                         f"{_f(values[f'{method}_gauc'])} ± {_f(values[f'{method}_gauc_std'])} |")
+        for method, name in FIXED_METHODS:
+            lines.append(f"| {name} | {_f(values[f'{method}_auc'])} | {_f(values[f'{method}_gauc'])} |")
+        lines += ["", f"{quality.lead_in_words(values, 'gauc')} {quality.lead_in_words(values, 'auc')}"]
+    return lines
+
+
+def seed_comparisons(spark: SparkSession, cfg: Config, cutoff: dt.date, meta: Mapping) -> dict[str, dict]:
+    """Both networks over `history.report_seeds` seeds on the run's own split and, unless
+    that already is it, on held-out users; each logged as a run of QUALITY_EXPERIMENT.
+    Empty when `report_seeds` is 0."""
+    if cfg.history.report_seeds <= 0:
+        return {}
+    setups = {meta["eval_split"]: (quality.scratch_config(cfg, meta["eval_split"]), meta)}
+    if meta["eval_split"] != quality.HOLDOUT:
+        holdout = quality.holdout_config(cfg)
+        quality.write_holdout_samples(spark, cfg, holdout, cutoff)
+        setups[quality.HOLDOUT] = (holdout, read_meta(holdout, cutoff))
+    out = {}
+    for label, (split_cfg, split_meta) in setups.items():
+        comparison = quality.compare(spark, split_cfg, cutoff, cfg.history.report_seeds)
+        comparison["figures"] = quality.figures(comparison)
+        comparison["rule"] = ranker_split_rule(split_meta)
+        comparison["title"] = ("Held-out users" if label == quality.HOLDOUT
+                               else "The run's own split")
+        comparison["run_id"] = log_comparison(cfg, cutoff, label, comparison)
+        out[label] = comparison
+    return out
+
+
+def log_comparison(cfg: Config, cutoff: dt.date, label: str, comparison: Mapping) -> str:
+    """One MLflow run: the seeds as a parameter, every figure, and each seed's AUC and gAUC
+    as steps of `<network>_seed_<metric>`; returns its id."""
+    import mlflow
+
+    from recpipe.tracking import start_run
+
+    with start_run(cfg, QUALITY_EXPERIMENT, f"seeds-{label}-{cutoff}",
+                   tags={"date": cutoff.isoformat(), "eval_split": label}) as run:
+        mlflow.log_params({"seeds": ",".join(map(str, comparison["seeds"])), "test_rows": comparison["test_rows"]})
+        mlflow.log_metrics(comparison["figures"])
+        for network, results in comparison["runs"].items():
+            for step, result in enumerate(results):
+                mlflow.log_metrics({f"{network}_seed_auc": result["auc"], f"{network}_seed_gauc": result["gauc"]},
+                                   step=step)
+    return run.info.run_id
 
 
 def ranker_split_rule(meta: Mapping) -> str:
@@ -272,6 +357,7 @@ def write_results(spark: SparkSession, cfg: Config, cutoff: dt.date | None, outp
         loo=leave_last_out(spark, history_cfg, first, last),
         ranker=ranker,
         command=command,
+        seeds=seed_comparisons(spark, history_cfg, cutoff, meta),
     )
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(text)

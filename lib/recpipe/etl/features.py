@@ -56,7 +56,6 @@ from recpipe.schema import (
     EVENT_TYPES,
     ITEM_DENSE,
     ITEM_IDX,
-    LABEL,
     POSITION,
     PRICE,
     REQUEST_ID,
@@ -305,30 +304,15 @@ def category_count(item_categories: DataFrame) -> int:
 
 def write_samples_and_meta(samples: DataFrame, cfg: Config, date: dt.date, windows: tuple,
                            categories: int = 0) -> dict[str, int]:
-    """Count the samples per split, write the splits, then `_meta.json` beside them.
-
-    The samples are persisted for the duration: the counts decide the number of files of
-    each split, and each split is then written from the same rows.
+    """Count the samples per split and write the splits (`write_counted_splits`), then
+    `_meta.json` beside them.
 
     Returns:
         Rows per split.
     """
     fc = cfg.features
-    samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        counts = (
-            samples
-            .groupBy(SPLIT)
-            .agg(F.count(F.lit(1)).alias("rows"), F.sum(LABEL).alias("positives"))
-            .collect()
-        )
-        rows = {split: 0 for split in S.SPLITS} | {r[SPLIT]: int(r["rows"]) for r in counts}
-        positives = {split: 0 for split in S.SPLITS} | {r[SPLIT]: int(r["positives"] or 0) for r in counts}
-        files = S.write_samples(samples, cfg, date, rows, min_files=fc.min_files_per_split,
-                                max_records_per_file=fc.max_records_per_file, row_group_mb=fc.row_group_mb)
-        columns = {f.name: f.dataType.simpleString() for f in samples.schema.fields if f.name not in (DT, SPLIT)}
-    finally:
-        samples.unpersist()
+    columns = {f.name: f.dataType.simpleString() for f in samples.schema.fields if f.name not in (DT, SPLIT)}
+    rows, positives, files = S.write_counted_splits(samples, cfg, date)
     S.write_meta(cfg, date, {
         "date": date.isoformat(),
         "columns": columns,

@@ -29,6 +29,7 @@ import json
 import math
 from typing import Mapping
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -230,6 +231,29 @@ def write_samples(samples: DataFrame, cfg: Config, date: dt.date, rows_per_split
     """
     return write_splits(samples, cfg, "samples", date, rows_per_split, min_files=min_files,
                         max_records_per_file=max_records_per_file, row_group_mb=row_group_mb)
+
+
+def write_counted_splits(samples: DataFrame, cfg: Config, date: dt.date
+                         ) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """Count the samples per split, then write the splits of day D (`write_samples`).
+
+    The samples are persisted for the duration: the counts decide the number of files of
+    each split, and each split is then written from the same rows.
+
+    Returns:
+        Rows, positives and files per split.
+    """
+    fc = cfg.features
+    samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = samples.groupBy(SPLIT).agg(F.count(F.lit(1)).alias("rows"), F.sum(LABEL).alias("positives")).collect()
+        rows = {split: 0 for split in SPLITS} | {r[SPLIT]: int(r["rows"]) for r in counts}
+        positives = {split: 0 for split in SPLITS} | {r[SPLIT]: int(r["positives"] or 0) for r in counts}
+        files = write_samples(samples, cfg, date, rows, min_files=fc.min_files_per_split,
+                              max_records_per_file=fc.max_records_per_file, row_group_mb=fc.row_group_mb)
+    finally:
+        samples.unpersist()
+    return rows, positives, files
 
 
 def write_splits(frame: DataFrame, cfg: Config, name: str, date: dt.date, rows_per_split: Mapping[str, int], *,
