@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 CONF ?= conf/local.yaml
 SET ?=
 SET_ARGS := $(foreach s,$(SET),--set $(s))
+# `make run ALS_RUNS=every`: an ALS run for every train day as well (steady-state als_score; ~45 s a day).
+ALS_RUNS ?= first
 # The stamp's name carries a hash of what decides the environment, so a change re-runs set-up.
 SETUP_HASH := $(shell cat constraints.txt pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.setup-$(SETUP_HASH)
@@ -23,7 +25,7 @@ $(STAMP):
 	@bash scripts/setup.sh $(STAMP)
 
 run: setup  ## generate the default data set and run the nightly for its last day (or DATE) locally
-	@DATE=$(DATE) bash scripts/run_local.sh $(CONF) $(SET_ARGS)
+	@DATE=$(DATE) ALS_RUNS=$(ALS_RUNS) bash scripts/run_local.sh $(CONF) $(SET_ARGS)
 
 test: setup  ## run the test suite (real Spark, MLflow, Petastorm; no GPU)
 	$(PY) -m pytest $(PYTEST_ARGS)

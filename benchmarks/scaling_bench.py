@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     smallest = results[sizes[0]]
     for size, figures in list(results.items())[1:]:
         growth = figures["lines"] / smallest["lines"]
-        ratios = {s: figures[f"{s}_s"] / smallest[f"{s}_s"] for s in (*STAGES, "nightly") if f"{s}_s" in figures}
+        ratios = {s: figures[f"{s}_s"] / smallest[f"{s}_s"] for s in (*STAGES, "nightly")
+                  if smallest.get(f"{s}_s") and f"{s}_s" in figures}  # quality takes 0.0 s
         print(f"{size:,} vs {sizes[0]:,}: data x{growth:.1f}; seconds x " +
               ", ".join(f"{s} {r:.1f}" for s, r in ratios.items()))
         figures["data_growth"] = round(growth, 2)

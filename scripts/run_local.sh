@@ -32,6 +32,11 @@ PY
 "$BIN/recpipe" pipeline --conf "$CONF" "$@" --start "$TRAIN_START" --end "$TRAIN_START" --stages als
 if [[ "$AFTER_TRAIN_START" < "$D" ]]; then
   "$BIN/recpipe" clean-range --conf "$CONF" "$@" --start "$AFTER_TRAIN_START" --end "$BEFORE_D"
+  # ALS_RUNS=every: an ALS run for every train day too, as a steady state of nightlies leaves
+  # them, so that each train day's als_score comes from its own day's run (no bootstrap skew).
+  if [[ "${ALS_RUNS:-first}" == every ]]; then
+    "$BIN/recpipe" pipeline --conf "$CONF" "$@" --start "$AFTER_TRAIN_START" --end "$BEFORE_D" --stages als
+  fi
 fi
 # The nightly for D: clean, quality, features, als, train, promote, score.
 "$BIN/recpipe" nightly --conf "$CONF" "$@" --date "$D"
