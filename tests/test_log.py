@@ -169,8 +169,27 @@ def test_a_logged_spark_dataset_declares_its_schema_without_mlflows_integer_warn
     frame = spark.createDataFrame([(1, 2, [3], 0.5, "a")], "user_idx int, ts long, hist array<int>, w double, s string")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        recorded = spark_dataset(frame, path="/tmp/somewhere", name="interactions").to_dict()
+        recorded = spark_dataset(frame, path="/tmp/somewhere", name="interactions", rows=1).to_dict()
     assert not [w for w in caught if "integer column" in str(w.message)]
     columns = json.loads(recorded["schema"])["mlflow_colspec"]
     assert [(c["name"], c["type"]) for c in columns] == [("user_idx", "integer"), ("ts", "long"), ("hist", "array"),
                                                          ("w", "double"), ("s", "string")]
+
+
+@pytest.mark.spark
+def test_a_logged_spark_dataset_takes_its_row_count_as_given_and_runs_no_spark_job(spark):
+    import json
+
+    import mlflow
+    from recpipe.tracking import spark_dataset
+
+    frame = spark.range(1000).withColumnRenamed("id", "user_idx")
+    tracker, group = spark.sparkContext.statusTracker(), "dataset-profile"
+    spark.sparkContext.setJobGroup(group, "the dataset's profile")
+    try:
+        recorded = spark_dataset(frame, path="/tmp/somewhere", name="interactions", rows=1000).to_dict()
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    assert json.loads(recorded["profile"]) == {"approx_count": 1000}
+    assert tracker.getJobIdsForGroup(group) == []  # MLflow's own profile sends every row through Python
+    assert recorded["digest"] == mlflow.data.from_spark(frame, path="/tmp/somewhere").digest

@@ -196,8 +196,8 @@ def log_to_mlflow(cfg: Config, date: dt.date, als_cfg: AlsConfig, model: ALSMode
         mlflow.log_params({k: v for k, v in cfg.to_dict()["als"].items()})
         mlflow.log_metrics({k: float(v) for k, v in summary.items()})
         mlflow.log_dict(cfg.to_dict(), "config.yaml")
-        mlflow.log_input(spark_dataset(interactions, path=cfg.table_path("events"), name=f"interactions-{date}"),
-                         context="training")
+        mlflow.log_input(spark_dataset(interactions, path=cfg.table_path("events"), name=f"interactions-{date}",
+                                       rows=summary["interactions"]), context="training")
         mlflow.spark.log_model(  # the Spark flavour still takes artifact_path, not name=
             model,
             artifact_path="als-model",

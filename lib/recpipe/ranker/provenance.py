@@ -46,6 +46,7 @@ def log_run_inputs(spark: SparkSession, cfg: Config, date: dt.date, rc: RankerCo
     mlflow.log_dict(dict(meta), "samples_meta.json")
     mlflow.log_dict({"als_run_per_sample_day": stats.als_days}, "als_days.json")
     location = split_location(cfg, date, TRAIN)
-    dataset = spark_dataset(io.read_path(spark, location), path=location, name=f"ranker_input-{date}-train")
+    dataset = spark_dataset(io.read_path(spark, location), path=location, name=f"ranker_input-{date}-train",
+                            rows=stats.rows[TRAIN])
     mlflow.log_input(dataset, context="training")
     mlflow.set_tag("data_digest", dataset.digest)
