@@ -34,9 +34,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "lib"))
 
-from bench_pipeline import PeakRss  # noqa: E402  (beside this script)
+from bench_pipeline import PeakRss, add_pipeline_args  # noqa: E402  (beside this script)
 from bench_summary import summary_line  # noqa: E402
-from recpipe.config import load_config, parse_date  # noqa: E402
+from recpipe.config import load_config  # noqa: E402
 
 DEFAULT_USERS, DEFAULT_ITEMS, DEFAULT_LINES_PER_DAY = 20_000, 5_000, 72_600
 STAGES = ("clean", "quality", "features", "als", "train", "promote", "score")
@@ -44,12 +44,9 @@ STAGES = ("clean", "quality", "features", "als", "train", "promote", "score")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conf", default=str(REPO / "conf" / "local.yaml"), help="config profile")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="config override (repeatable), applied after the size's own")
+    add_pipeline_args(parser)  # --set applies after the size's own overrides; --date is the last generated day
     parser.add_argument("--events-per-day", dest="sizes", type=int, action="append",
                         help="lines a day to generate (repeatable); default 72600 and 1000000")
-    parser.add_argument("--date", type=parse_date, help="D, the last generated day")
     parser.add_argument("--days", type=int, default=5, help="generated days; D is the last")
     parser.add_argument("--base", default=str(REPO / "var" / "scaling"), help="folder of the sizes' roots")
     return parser.parse_args(argv)
@@ -62,20 +59,10 @@ def size_overrides(lines_per_day: int, root: Path, days: int) -> list[str]:
             f"features.train_days={days - 2}", f"generate.events_per_file={max(250_000, lines_per_day // 8)}"]
 
 
-def nightly_seconds(cfg, date) -> dict[str, float]:
-    import mlflow
-    from recpipe.names import NIGHTLY_EXPERIMENT
-    from recpipe.tracking import tracking_uri
-
-    client = mlflow.MlflowClient(tracking_uri(cfg))
-    experiment = client.get_experiment_by_name(NIGHTLY_EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id], f"tags.date = '{date.isoformat()}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return {key.removesuffix("_seconds"): value for key, value in runs[0].data.metrics.items()}
-
-
 def measure(args: argparse.Namespace, lines_per_day: int) -> dict[str, float]:
     from recpipe.markers import read_marker
+    from recpipe.names import NIGHTLY_EXPERIMENT
+    from recpipe.report import run_metrics
 
     overrides = size_overrides(lines_per_day, Path(args.base) / f"events-{lines_per_day}", args.days)
     if args.date:
@@ -97,7 +84,7 @@ def measure(args: argparse.Namespace, lines_per_day: int) -> dict[str, float]:
             subprocess.run(command, env=env, check=True, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
             figures["make_run_s"] = round(time.perf_counter() - started, 1)
         figures["peak_rss_gb"] = round(rss.peak / 2**30, 2)
-    seconds = nightly_seconds(cfg, date)
+    seconds = {key.removesuffix("_seconds"): value for key, value in run_metrics(cfg, NIGHTLY_EXPERIMENT, date).items()}
     figures["lines"] = int(read_marker(cfg, date, "clean")["rows_in"])
     for stage in STAGES:
         if stage in seconds:

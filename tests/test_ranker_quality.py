@@ -43,7 +43,8 @@ def test_the_difference_is_paired_seed_by_seed():
 
 
 @pytest.mark.parametrize("attention, mean, verdict", [
-    ([0.70, 0.75, 0.80], [0.68, 0.73, 0.78], "on AUC: +0.0200, 95 % interval [+0.0200, +0.0200]: attention leads, outside the noise"),
+    ([0.70, 0.75, 0.80], [0.68, 0.73, 0.78],
+     "on AUC: +0.0200, 95 % interval [+0.0200, +0.0200]: attention leads, outside the noise"),
     ([0.70, 0.75, 0.80], [0.72, 0.77, 0.82], "mean pooling leads, outside the noise"),
     ([0.70, 0.75, 0.80], [0.71, 0.73, 0.81], "inside the noise (the interval holds 0), so neither network leads"),
 ])
@@ -95,3 +96,7 @@ def test_held_out_users_evaluate_every_row_of_theirs_and_the_run_s_own_samples_s
     assert holdout.table_path("samples") != cfg.table_path("samples")
     with pytest.raises(ConfigError, match="history.holdout_share"):
         holdout_config(make_config("history.holdout_share=0"))
+    with tables.committing(cfg, "features"):  # train negatives thinned: a new split would thin valid/test too
+        S.write_meta(cfg, D, {**meta, "negative_sampling_rate": 0.5})
+    with pytest.raises(ConfigError, match="negative_sampling_rate"):
+        write_holdout_samples(spark, cfg, holdout, D)

@@ -63,13 +63,14 @@ def write_holdout_samples(spark: SparkSession, cfg: Config, target: Config, date
     split, so one features run serves both protocols.
     """
     from recpipe import io, tables
+    from recpipe.errors import ConfigError
     from recpipe.etl import samples as S
     from recpipe.etl.sequences import day_start_ms
     from recpipe.schema import DT
 
     meta = S.read_meta(cfg, date)
     if float(meta.get("negative_sampling_rate", 1.0)) < 1.0:
-        raise ValueError(f"the samples of {date} keep a share of the train negatives only; a new split needs all "
+        raise ConfigError(f"the samples of {date} keep a share of the train negatives only; a new split needs all "
                          "of them (features.negative_sampling_rate: 1.0)")
     fc = target.features
     cutoff_ms = day_start_ms(date)
