@@ -38,7 +38,6 @@ from recpipe.errors import DataError
 from recpipe.etl.samples import read_meta
 from recpipe.history import cutoff_date, data_span, whole_history_config
 from recpipe.names import ALS_EXPERIMENT, QUALITY_EXPERIMENT, RANKER_EXPERIMENT
-from recpipe.ranker import quality
 from recpipe.schema import ALS_SCORE, EVENT_TYPE, ITEM_DENSE, ITEM_IDX, LABEL, TS, USER_IDX
 from recpipe.splits import read_split, split_location
 
@@ -254,6 +253,8 @@ def seeds_section(comparisons: Mapping[str, Mapping]) -> list[str]:
     """The multi-seed comparison of each split: a table and the verdict on the noise."""
     if not comparisons:
         return []
+    from recpipe.ranker.quality import lead_in_words
+
     first = next(iter(comparisons.values()))
     lines = [
         "",
@@ -281,7 +282,7 @@ def seeds_section(comparisons: Mapping[str, Mapping]) -> list[str]:
                          f"{_f(values[f'{method}_gauc'])} ± {_f(values[f'{method}_gauc_std'])} |")
         for method, name in FIXED_METHODS:
             lines.append(f"| {name} | {_f(values[f'{method}_auc'])} | {_f(values[f'{method}_gauc'])} |")
-        lines += ["", f"{quality.lead_in_words(values, 'gauc')} {quality.lead_in_words(values, 'auc')}"]
+        lines += ["", f"{lead_in_words(values, 'gauc')} {lead_in_words(values, 'auc')}"]
     return lines
 
 
@@ -291,6 +292,8 @@ def seed_comparisons(spark: SparkSession, cfg: Config, cutoff: dt.date, meta: Ma
     Empty when `report_seeds` is 0."""
     if cfg.history.report_seeds <= 0:
         return {}
+    from recpipe.ranker import quality  # torch and Petastorm only when the report trains
+
     setups = {meta["eval_split"]: (quality.scratch_config(cfg, meta["eval_split"]), meta)}
     if meta["eval_split"] != quality.HOLDOUT:
         holdout = quality.holdout_config(cfg)
