@@ -241,3 +241,29 @@ def test_the_candidates_category_share_reaches_the_head_and_empty_histories_stil
     assert logits[0] != logits[1]
     model_without = build_model(config())
     assert model_without.share_width == 0
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"pooling": "mean"},
+    {"attention_similarity": "cosine", "pooled_similarity": True},
+    {"attention_weighting": "sigmoid", "category_share_start": 1, "category_share_width": 2},
+])
+def test_candidates_sharing_a_history_score_as_the_history_repeated_for_each(overrides):
+    # Scoring sends each user's history once with `owner` naming it for every candidate;
+    # the network must be the same function as on the plain rows, padding and all.
+    torch.manual_seed(0)
+    model = build_model(config(**overrides)).eval()
+    histories = batch(seed=3)  # six histories, of 0 to 5 real entries
+    owner = torch.tensor([0, 1, 1, 3, 3, 3, 4, 5, 5, 2])
+    extra = torch.randint(1, 30, (len(owner),), generator=torch.Generator().manual_seed(5))
+    item, cat, brand = extra, extra % 5 + 1, extra % 7 + 1
+    item_dense, als = torch.randn(len(owner), I), torch.randn(len(owner))
+    position = torch.full((len(owner),), -1)
+    shared = [*histories[HIST_ITEMS:HIST_LEN + 2]]  # the history inputs and user_dense, one row per history
+    repeated = [t[owner] for t in shared]
+    with torch.no_grad():
+        plain = model(item, cat, brand, *repeated, item_dense, als, position)
+        by_owner = model(item, cat, brand, *shared, item_dense, als, position, owner=owner)
+    assert len(set(plain.round(decimals=5).tolist())) > 5  # rows that differ
+    assert torch.allclose(by_owner, plain, atol=1e-5), (by_owner - plain).abs().max()

@@ -207,6 +207,8 @@ def test_the_index_level_scorer_gives_the_consumer_scores_for_the_same_rows(scor
     by_id = scorer.score(consumer)
     assert np.isfinite(by_id).all() and len(set(np.round(by_id, 6))) > 4  # rows that differ
     assert by_index == pytest.approx(by_id, abs=1e-6)
+    scorer.batch_size = 2  # batches that split a user's candidates (u1's three) and span users
+    assert scorer.score_indexes(**arrays) == pytest.approx(by_id, abs=1e-6)
 
     kept_users, kept, ranks = top_per_user(np.arange(1, 5), arrays["repeat"], arrays["item_idx"], by_index, 2)
     assert kept_users.tolist() == [1, 1, 2, 3, 3, 4] and ranks.tolist() == [1, 2, 1, 1, 2, 1]

@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -99,6 +100,30 @@ def test_the_als_run_is_in_mlflow_and_registered(chain):
     assert all(ours[0].data.metrics[p] == summary[p] > 0 for p in parts), "the stage's seconds per part"
     versions = client.search_model_versions("name='als-candidates'")
     assert ours[0].info.run_id in {v.run_id for v in versions}
+
+
+def test_the_logged_als_model_pins_this_pyspark_and_loads_with_the_stage_s_factors(spark, chain, tmp_path):
+    # Its requirements are named, not inferred by MLflow reloading the model in a process
+    # with a JVM of its own; the model still loads and holds the factors the stage wrote.
+    import mlflow
+    import mlflow.spark
+    import numpy
+    import pyspark
+    from pyspark.sql import functions as F
+    from recpipe import io
+    from recpipe.tracking import tracking_uri
+
+    cfg, D, summary = chain
+    local = mlflow.artifacts.download_artifacts(run_id=summary["run_id"], artifact_path="als-model",
+                                                dst_path=str(tmp_path), tracking_uri=tracking_uri(cfg))
+    named = (Path(local) / "requirements.txt").read_text().split()
+    assert f"pyspark=={pyspark.__version__}" in named and f"numpy=={numpy.__version__}" in named
+    (als,) = mlflow.spark.load_model(local).stages  # MLflow wraps the ALSModel in a PipelineModel
+    factors = als.itemFactors
+    written = io.read_path(spark, day_folder(cfg, "als_item_factors", D))
+    assert factors.count() == written.count() > 0
+    assert factors.select(F.col("id").alias("item_idx"), "features").exceptAll(written.select("item_idx", "features")) \
+        .count() == 0
 
 
 def test_attention_beats_mean_pooling_and_both_beat_als_and_popularity(trained):

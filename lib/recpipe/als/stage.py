@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -201,6 +202,9 @@ def log_to_mlflow(cfg: Config, date: dt.date, als_cfg: AlsConfig, model: ALSMode
         mlflow.spark.log_model(  # the Spark flavour still takes artifact_path, not name=
             model,
             artifact_path="als-model",
+            # Named, so MLflow does not infer them by reloading the model in a new process
+            # with a JVM of its own (about 10 s, whatever the data's size).
+            pip_requirements=[*mlflow.spark.get_default_pip_requirements(), f"numpy=={np.__version__}"],
             registered_model_name=ALS_MODEL if als_cfg.register_model else None,
         )
     return run.info.run_id

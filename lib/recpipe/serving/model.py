@@ -31,6 +31,7 @@ from .layers import MLP, AttentionPooling, MeanPooling, masked_positions
 POOLINGS = ("attention", "mean")
 INPUTS = ("item_idx", "cat_idx", "brand_idx", "hist_items", "hist_cats", "hist_brands", "hist_len", "user_dense",
           "item_dense", "als_score", "position")
+SHARED_INPUTS = ("hist_items", "hist_cats", "hist_brands", "hist_len", "user_dense")  # per history with `owner`
 UNKNOWN_POSITION = -1  # what scoring passes: a constant, the position tower's unknown row
 
 
@@ -108,7 +109,10 @@ class RankerModel(nn.Module):
     Forward inputs (B = batch, L = history length, U/I = dense widths):
         item_idx, cat_idx, brand_idx (B,) int; hist_items, hist_cats, hist_brands (B, L) int;
         hist_len (B,) int, user_dense (B, U) float, item_dense (B, I) float, als_score (B,) float,
-        position (B,) int, the 0-based feed slot (-1 or None = unknown: scoring).
+        position (B,) int, the 0-based feed slot (-1 or None = unknown: scoring);
+        owner (B,) int or None: when given, the history inputs and user_dense hold H rows
+        and candidate b belongs to row owner[b] (a user's candidates share one history,
+        embedded once); the same function as those rows repeated per candidate.
 
     Returns:
         logits (B,) and, from `forward_with_weights`, the history weights (B, L).
@@ -193,15 +197,21 @@ class RankerModel(nn.Module):
         return torch.nan_to_num((x.float() - mean) / safe, nan=0.0, posinf=0.0, neginf=0.0)
 
     def forward_with_weights(self, item_idx, cat_idx, brand_idx, hist_items, hist_cats, hist_brands, hist_len,
-                             user_dense, item_dense, als_score, position=None) -> tuple[torch.Tensor, torch.Tensor]:
+                             user_dense, item_dense, als_score, position=None,
+                             owner=None) -> tuple[torch.Tensor, torch.Tensor]:
         length = self.config.history_length
-        hist_items, hist_cats, hist_brands = (h[:, -length:] for h in (hist_items, hist_cats, hist_brands))  # (B, L)
-        mask = masked_positions(hist_len.long(), hist_items.shape[1])  # (B, L)
+        hist_items, hist_cats, hist_brands = (h[:, -length:] for h in (hist_items, hist_cats, hist_brands))  # (H, L)
+        history_mask = masked_positions(hist_len.long(), hist_items.shape[1])  # (H, L)
         candidate = self.embed(item_idx, cat_idx, brand_idx)  # (B, E)
-        # Only the real history entries are embedded and pooled (N of B * L; most are padding).
-        rows, cols = mask.nonzero(as_tuple=True)  # (N,), (N,)
-        real = self.embed(hist_items[rows, cols], hist_cats[rows, cols], hist_brands[rows, cols])  # (N, E)
-        pooled, weights = self.pooling.packed(real, rows, candidate, mask)  # (B, E), (B, L)
+        # Only the real history entries are embedded and pooled (M of H * L; most are padding).
+        hist_rows, cols = history_mask.nonzero(as_tuple=True)  # (M,), (M,)
+        real = self.embed(hist_items[hist_rows, cols], hist_cats[hist_rows, cols], hist_brands[hist_rows, cols])
+        if owner is None:
+            mask, rows, entry = history_mask, hist_rows, None
+        else:
+            mask, rows, entry = shared_history_pairs(history_mask, owner.long())
+            user_dense = user_dense[owner.long()]
+        pooled, weights = self.pooling.packed(real, rows, candidate, mask, entry)  # (B, E), (B, L)
         dense = [
             self._normalise(user_dense, self.user_mean, self.user_std),  # (B, U)
             self._normalise(item_dense, self.item_mean, self.item_std),  # (B, I)
@@ -220,9 +230,31 @@ class RankerModel(nn.Module):
         return logits, weights  # (B,), (B, L)
 
     def forward(self, item_idx, cat_idx, brand_idx, hist_items, hist_cats, hist_brands, hist_len, user_dense,
-                item_dense, als_score, position=None) -> torch.Tensor:
+                item_dense, als_score, position=None, owner=None) -> torch.Tensor:
         return self.forward_with_weights(item_idx, cat_idx, brand_idx, hist_items, hist_cats, hist_brands,
-                                         hist_len, user_dense, item_dense, als_score, position)[0]
+                                         hist_len, user_dense, item_dense, als_score, position, owner)[0]
+
+
+def shared_history_pairs(history_mask: torch.Tensor, owner: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (candidate, history entry) pairs when candidate b has history `owner[b]`.
+
+    Args:
+        history_mask: (H, L) the real positions of each history (left-padded).
+        owner: (B,) the history of each candidate.
+
+    Returns:
+        mask (B, L) of each candidate's real positions, rows (N,) and entry (N,): pair n
+        is candidate rows[n] with entry[n] of the histories' real entries in row-major
+        order, the pairs themselves in row-major order of `mask`.
+    """
+    mask = history_mask[owner]  # (B, L)
+    rows, cols = mask.nonzero(as_tuple=True)  # (N,), (N,)
+    counts = history_mask.sum(dim=1)  # (H,)
+    first_entry = counts.cumsum(0) - counts  # (H,)
+    first_col = history_mask.shape[1] - counts  # (H,) left-padded: the real entries come last
+    history = owner[rows]  # (N,)
+    return mask, rows, first_entry[history] + cols - first_col[history]
 
 
 def build_model(config: RankerModelConfig | Mapping[str, Any]) -> RankerModel:

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from .columns import ALS_SCORE, HISTORY, ITEM_DENSE, ITEM_ID, REQUIRED_COLUMNS, USER_DENSE, USER_ID, dense_column
-from .model import UNKNOWN_POSITION, RankerModel, build_model
+from .model import INPUTS, SHARED_INPUTS, UNKNOWN_POSITION, RankerModel, build_model
 
 __all__ = ["ALS_SCORE", "HISTORY", "ITEM_DENSE", "ITEM_ID", "REQUIRED_COLUMNS", "USER_DENSE", "USER_ID",
            "CandidateScorer", "dense_column", "save_vocabulary", "save_weights"]
@@ -106,16 +106,20 @@ class CandidateScorer:
             item_dense: (B, I) float features of the candidates, NaN = unknown.
             als_score: (B,) float, NaN = 0.
             repeat: (H,) candidates per history: history h (and its user_dense row) belongs
-                to the next repeat[h] candidates, so a user's history is mapped once for all
-                of their candidates. None: one history per candidate (H = B).
+                to the next repeat[h] candidates, so a user's history is mapped, embedded
+                and attended to once for all of their candidates (the network's `owner`).
+                None: one history per candidate (H = B).
         """
-        return self.forward(self.lake_inputs(item_idx, hist_items, hist_lengths, user_dense, item_dense, als_score,
-                                             repeat))
+        inputs = self.lake_inputs(item_idx, hist_items, hist_lengths, user_dense, item_dense, als_score)
+        owner = None if repeat is None else np.repeat(np.arange(len(repeat)), repeat)
+        return self.forward(inputs, owner)
 
     def lake_inputs(self, item_idx: np.ndarray, hist_items: np.ndarray, hist_lengths: np.ndarray,
                     user_dense: np.ndarray, item_dense: np.ndarray, als_score: np.ndarray,
                     repeat: np.ndarray | None = None) -> list[torch.Tensor]:
-        """The forward arguments for `score_indexes`' arguments."""
+        """The forward arguments for `score_indexes`' arguments: the history inputs one row
+        per history, or with `repeat` one per candidate (each history repeated), the
+        network's plain per-row inputs."""
         hist_items = np.asarray(hist_items, np.int64)
         real = hist_items > 0
         owner = np.repeat(np.arange(len(hist_lengths)), hist_lengths)[real]
@@ -127,12 +131,23 @@ class CandidateScorer:
         return self.index_inputs(self.rows_of(item_idx), histories, user_dense, item_dense,
                                  np.nan_to_num(np.asarray(als_score, np.float32)))
 
-    def forward(self, inputs: list[torch.Tensor]) -> np.ndarray:
+    def forward(self, inputs: list[torch.Tensor], owner: np.ndarray | None = None) -> np.ndarray:
+        """Click probabilities in batches of `batch_size` candidates. With `owner` (B,),
+        non-decreasing, the history inputs hold one row per history (see `score_indexes`);
+        each batch takes the histories its candidates belong to."""
         out = []
         with torch.no_grad():
             for start in range(0, len(inputs[0]), self.batch_size):
-                batch = [t[start:start + self.batch_size] for t in inputs]
-                out.append(torch.sigmoid(self.model(*batch).float()).numpy())
+                stop = start + self.batch_size
+                if owner is None:
+                    batch, shared = [t[start:stop] for t in inputs], {}
+                else:
+                    part = owner[start:stop]
+                    first, last = int(part[0]), int(part[-1]) + 1
+                    batch = [t[first:last] if name in SHARED_INPUTS else t[start:stop]
+                             for name, t in zip(INPUTS, inputs)]
+                    shared = {"owner": torch.as_tensor(part - first)}
+                out.append(torch.sigmoid(self.model(*batch, **shared).float()).numpy())
         return np.concatenate(out).astype(np.float64) if out else np.empty(0)
 
     def rows_of(self, lake_idx: np.ndarray) -> np.ndarray:

@@ -80,28 +80,40 @@ class AttentionPooling(nn.Module):
         return self.packed(history[rows, cols], rows, candidate, mask)
 
     def packed(self, real: torch.Tensor, rows: torch.Tensor, candidate: torch.Tensor,
-               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               mask: torch.Tensor, entry: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` on the real entries only: `real` (N, E) are the history entries at
         `mask.nonzero()` (row-major), `rows` (N,) their rows. Histories are mostly padding
         (a few real items of L = 50 on the generated data), so the unit, the pooling and
         the caller's embedding look-ups run on N entries instead of B * L; padding is never
-        read at all."""
-        scores = self._unit_scores(real, candidate[rows], mask)  # (B, L), 0 at padding
+        read at all.
+
+        With `entry` (N,), `real` holds each distinct history entry once (M, E) and pair n
+        (row `rows[n]`) reads `real[entry[n]]`: rows that share a history (one user's
+        candidates at scoring) embed it, and compute the unit's history term, once."""
+        scores = self._unit_scores(real, entry, rows, candidate, mask)  # (B, L), 0 at padding
         weights = self._weights(scores, mask)  # (B, L), exactly 0 at padding
-        pooled = torch.zeros_like(candidate).index_add_(0, rows, weights[mask].unsqueeze(1) * real)  # (B, E)
+        pairs = real if entry is None else real[entry]  # (N, E)
+        pooled = torch.zeros_like(candidate).index_add_(0, rows, weights[mask].unsqueeze(1) * pairs)  # (B, E)
         return pooled, weights
 
-    def _unit_scores(self, real: torch.Tensor, c: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The unit's MLP over [h, c, h - c, h * c] for the (N, E) real entries and their
+    def _unit_scores(self, real: torch.Tensor, entry: torch.Tensor | None, rows: torch.Tensor,
+                     candidate: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The unit's MLP over [h, c, h - c, h * c] for the real entries and their
         candidates, scattered back to (B, L).
 
         The first layer is linear, so W [h, c, h - c, h*c] + b is computed as
         (W_h + W_d) h + W_p (h*c) + (W_c - W_d) c + b without building the 4E-wide input:
-        the same parameters and the same function, for less arithmetic.
+        the same parameters and the same function, for less arithmetic. The h term is
+        computed once per entry and the c term once per candidate; only W_p (h*c) is per pair.
         """
         first, rest = self.unit.net[0], self.unit.net[1:]
         w_h, w_c, w_d, w_p = first.weight.chunk(4, dim=1)  # each (H1, E)
-        hidden = real @ (w_h + w_d).T + (real * c) @ w_p.T + c @ (w_c - w_d).T + first.bias  # (N, H1)
+        history_term = real @ (w_h + w_d).T  # (M or N, H1)
+        candidate_term = candidate @ (w_c - w_d).T + first.bias  # (B, H1)
+        if entry is not None:
+            real, history_term = real[entry], history_term[entry]  # per pair: (N, E), (N, H1)
+        c = candidate[rows]  # (N, E)
+        hidden = history_term + (real * c) @ w_p.T + candidate_term[rows]  # (N, H1)
         values = rest(hidden).squeeze(-1)  # (N,)
         if self.log_temperature is not None:
             values = values + self.log_temperature.exp() * nn.functional.cosine_similarity(real, c, dim=-1, eps=1e-6)
@@ -124,7 +136,7 @@ class MeanPooling(nn.Module):
     """The BaseModel's pooling: the mean of the real history items (zero when none).
 
     Shapes: history (B, L, E), candidate (B, E) (unused), mask (B, L) → pooled (B, E), weights (B, L).
-    `packed` takes the real entries only, as `AttentionPooling.packed` does.
+    `packed` takes the real entries only (and optionally shared ones), as `AttentionPooling.packed` does.
     """
 
     def forward(self, history: torch.Tensor, candidate: torch.Tensor,
@@ -133,9 +145,10 @@ class MeanPooling(nn.Module):
         return self.packed(history[rows, cols], rows, candidate, mask)
 
     def packed(self, real: torch.Tensor, rows: torch.Tensor, candidate: torch.Tensor,
-               mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               mask: torch.Tensor, entry: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = real if entry is None else real[entry]  # (N, E)
         counts = mask.sum(dim=1, keepdim=True).clamp_min(1).to(real.dtype)  # (B, 1)
         zeros = torch.zeros((), dtype=real.dtype, device=real.device)
         weights = torch.where(mask, 1.0 / counts, zeros)  # (B, L)
-        pooled = torch.zeros_like(candidate).index_add_(0, rows, weights[mask].unsqueeze(1) * real)  # (B, E)
+        pooled = torch.zeros_like(candidate).index_add_(0, rows, weights[mask].unsqueeze(1) * pairs)  # (B, E)
         return pooled, weights
