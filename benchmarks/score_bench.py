@@ -6,10 +6,10 @@ recommendations with the same champion's) and times it; then it takes a sample o
 same candidate rows, already turned into the network's input tensors, and times only the
 forward pass over them on the same cores: the network's plain forward (each user's
 history repeated for each candidate, the reference) and, for the record, the forward with
-each user's history once (`owner`, what the stage runs). The ratio of the two rates is the share of the
-stage's time that is the network's own arithmetic: 1.0 would mean reading candidates,
-joining histories and features, handing batches to Python, the top-N window and the
-write cost nothing.
+each user's history once (`owner`, what the stage runs). The ratio of the stage's rate to
+the plain forward's is the share of the stage's time that is the network's own
+arithmetic: 1.0 would mean reading candidates, joining histories and features, handing
+batches to Python, the top-N window and the write cost nothing.
 
     .venv/bin/python benchmarks/score_bench.py [--conf conf/local.yaml] [--set k=v] [--date D]
 
