@@ -101,17 +101,36 @@ def test_resume_after_epoch_1_reaches_the_same_step_count_with_the_optimizer_sta
 def test_two_trainings_with_one_seed_end_with_the_same_weights_and_another_seed_does_not(spark, tmp_path):
     """Runs repeat: the same seed gives bit-identical weights on 2 gloo ranks (one reader
     thread per rank, rows shuffled inside row groups), so the test AUCs match to far more
-    than 4 decimals; a different seed trains other weights."""
+    than 4 decimals; a different seed trains other weights. Also when the trainings follow
+    each other in one launch (`train_each`, as the stage and the seed comparison run them):
+    what an earlier training leaves in the ranks' processes changes nothing."""
+    from recpipe.ranker.trainer import train_each
+
     # Many small row groups and three epochs: every rank's stream passes its shard several
     # times, where a reader that reshuffles by thread timing would diverge.
     spec = job(tmp_path / "a", [50] * 16, epochs=3, shuffle_queue=0)
     first = distributor().run(train, spec)
-    again = distributor().run(train, TrainJob(**{**spec.to_dict(), "checkpoint_dir": str(tmp_path / "again")}))
-    other = distributor().run(train, TrainJob(**{**spec.to_dict(), "checkpoint_dir": str(tmp_path / "other"),
-                                                 "seed": 4}))
-    assert first["checksums"][0] == again["checksums"][0]
+    other, again = distributor().run(train_each, [
+        TrainJob(**{**spec.to_dict(), "checkpoint_dir": str(tmp_path / "other"), "seed": 4}),
+        TrainJob(**{**spec.to_dict(), "checkpoint_dir": str(tmp_path / "again")}),
+    ])
+    assert first["checksums"][0] == again["checksums"][0] == again["checksums"][1]
     assert [h["valid_auc"] for h in first["history"]] == [h["valid_auc"] for h in again["history"]]
     assert other["checksums"][0] != first["checksums"][0]
+    assert saved_checksum(again["checkpoint"]) == first["checksums"][0]  # each job kept its own checkpoints
+
+
+def test_a_failed_launch_names_each_job_s_last_checkpoint_to_resume_from(tmp_path):
+    from recpipe.ranker.ddp import resume_advice
+
+    trained = train(job(tmp_path / "a", [100, 100]))
+    never = job(tmp_path / "b", [100, 100], name="mean")
+    assert resume_advice([never]) == "No checkpoint was written; rerun from the start."
+    spec = TrainJob(**{**never.to_dict(), "checkpoint_dir": str(tmp_path / "a" / "ckpt"), "name": "attention"})
+    assert resume_advice([spec]) == (f"Last checkpoint: {trained['checkpoint']}; rerun with --resume "
+                                     "(ranker.resume=true) to continue from it.")
+    assert resume_advice([spec, never]) == (f"Last checkpoints: attention: {trained['checkpoint']}, mean: none; "
+                                            "rerun with --resume (ranker.resume=true) to continue from them.")
 
 
 def test_early_stopping_stops_after_the_patience_and_keeps_the_best_epoch(tmp_path):

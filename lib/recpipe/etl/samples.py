@@ -27,10 +27,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from pyspark import StorageLevel
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
 from recpipe import io, paths, tables
@@ -257,16 +257,23 @@ def write_counted_splits(samples: DataFrame, cfg: Config, date: dt.date
 
 
 def write_splits(frame: DataFrame, cfg: Config, name: str, date: dt.date, rows_per_split: Mapping[str, int], *,
-                 min_files: int, max_records_per_file: int, row_group_mb: int) -> dict[str, int]:
+                 min_files: int, max_records_per_file: int, row_group_mb: int,
+                 observed: Mapping[str, tuple[Observation, Sequence[Column]]] | None = None) -> dict[str, int]:
     """Write the splits of day D of table `name` (columns `dt` and `split`), each in
-    `files_for(...)` even files, as one new version; returns files per split."""
+    `files_for(...)` even files, as one new version; returns files per split.
+
+    `observed`: split → (Observation, aggregate columns) computed over that split's rows
+    while it is written (`DataFrame.observe`: no pass of their own)."""
     files = {split: files_for(rows_per_split.get(split, 0), min_files, max_records_per_file)
              if rows_per_split.get(split, 0) else 0 for split in SPLITS}
+    observed = observed or {}
     with tables.committing(cfg, f"write {name}") as commit:
         for split in (s for s in SPLITS if files[s]):
+            rows = frame.where(F.col(SPLIT) == split)
+            if split in observed:
+                rows = rows.observe(observed[split][0], *observed[split][1])
             (
-                frame
-                .where(F.col(SPLIT) == split)
+                rows
                 .repartition(files[split])
                 .write
                 .mode("overwrite")  # dynamic: replaces this split's folder only, in this new version

@@ -1,10 +1,10 @@
-"""Launching the DDP training of one network: the job handed to every rank, TorchDistributor,
-and what a failure tells the user (the last checkpoint to resume from)."""
+"""Launching the DDP training of the networks: the jobs handed to every rank, TorchDistributor,
+and what a failure tells the user (the last checkpoints to resume from)."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Sequence
 
 from recpipe import paths
 from recpipe.config import Config, RankerConfig
@@ -12,7 +12,7 @@ from recpipe.errors import RecpipeError
 from recpipe.etl.samples import TRAIN, VALID
 from recpipe.ranker import checkpoints
 from recpipe.ranker.inputs import InputStats
-from recpipe.ranker.trainer import TrainJob, from_ranker_config, train
+from recpipe.ranker.trainer import TrainJob, from_ranker_config, train_each
 from recpipe.serving.model import RankerModel, RankerModelConfig, build_model
 from recpipe.splits import split_location
 
@@ -26,9 +26,10 @@ def checkpoint_dir(cfg: Config, date: dt.date, name: str) -> str:
 
 
 def make_job(cfg: Config, date: dt.date, name: str, config: RankerModelConfig, stats: InputStats,
-             uri: str, run_id: str) -> TrainJob:
+             uri: str, run_id: str, folder: str | None = None) -> TrainJob:
+    """The training of network `name`, checkpointing in `folder` (default: `checkpoint_dir`)."""
     rc = cfg.ranker
-    folder = checkpoint_dir(cfg, date, name)
+    folder = folder or checkpoint_dir(cfg, date, name)
     if not rc.resume:
         paths.delete_dir(folder)  # a fresh run never picks up another run's checkpoints
     return TrainJob(
@@ -45,22 +46,34 @@ def make_job(cfg: Config, date: dt.date, name: str, config: RankerModelConfig, s
     )
 
 
-def launch(job: TrainJob, rc: RankerConfig) -> dict[str, Any]:
-    """Run `train(job)` on `num_processes` DDP ranks through TorchDistributor: torchrun on
-    the driver in local mode, barrier tasks on the executors otherwise."""
+def launch(jobs: Sequence[TrainJob], rc: RankerConfig) -> list[dict[str, Any]]:
+    """Run `train(job)` for each job, one after the other, on `num_processes` DDP ranks in
+    one TorchDistributor launch (torchrun on the driver in local mode, barrier tasks on the
+    executors otherwise); one summary per job. One launch for several networks: each
+    launch costs seconds of process start and imports on every rank."""
     from pyspark.ml.torch.distributor import TorchDistributor
 
     distributor = TorchDistributor(num_processes=rc.num_processes, local_mode=rc.local_mode, use_gpu=rc.use_gpu)
     try:
-        return distributor.run(train, job)
+        return distributor.run(train_each, list(jobs))
     except Exception as err:  # a rank died, or the barrier stage failed: say what a rerun can do
-        last = checkpoints.latest(job.checkpoint_dir)
         where = "the driver" if rc.local_mode else "the executors"
         cause = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        raise TrainingError(
-            f"DDP training of {job.name} on {rc.num_processes} ranks ({where}) failed: {cause}. "
-            + (f"Last checkpoint: {last}; rerun with --resume (ranker.resume=true) to continue from it."
-               if last else "No checkpoint was written; rerun from the start.")) from err
+        names = ", ".join(job.name for job in jobs)
+        raise TrainingError(f"DDP training of {names} on {rc.num_processes} ranks ({where}) failed: {cause}. "
+                            + resume_advice(jobs)) from err
+
+
+def resume_advice(jobs: Sequence[TrainJob]) -> str:
+    """What a rerun can continue from: each job's last checkpoint."""
+    last = {job.name: checkpoints.latest(job.checkpoint_dir) for job in jobs}
+    if not any(last.values()):
+        return "No checkpoint was written; rerun from the start."
+    resume = "rerun with --resume (ranker.resume=true) to continue from "
+    if len(last) == 1:
+        return f"Last checkpoint: {next(iter(last.values()))}; {resume}it."
+    found = ", ".join(f"{name}: {location or 'none'}" for name, location in last.items())
+    return f"Last checkpoints: {found}; {resume}them."
 
 
 def load_trained(location: str) -> RankerModel:

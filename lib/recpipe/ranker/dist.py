@@ -7,7 +7,8 @@ import datetime as dt
 import os
 import pickle
 import time
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as td
@@ -64,6 +65,19 @@ def setup(use_gpu: bool, timeout_s: int = 1800) -> torch.device:
 def cleanup() -> None:
     if td.is_initialized():
         td.destroy_process_group()
+
+
+@contextmanager
+def process_group(use_gpu: bool) -> Iterator[torch.device]:
+    """This rank's device, inside the process group: joins it unless this process already
+    is in it, and leaves only a group it joined (so several trainings can share one)."""
+    joined = not td.is_initialized()
+    dev = setup(use_gpu)
+    try:
+        yield dev
+    finally:
+        if joined:
+            cleanup()
 
 
 def all_reduce_sum(values: list[float], dev: torch.device) -> list[float]:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from recpipe import io, paths
@@ -144,24 +144,28 @@ def array_widths(meta: Mapping) -> dict[str, int]:
             ITEM_DENSE: len(meta["item_dense_features"])}
 
 
-def train_statistics(train: DataFrame, widths: Mapping[str, int]) -> tuple[dict[str, float], tuple, tuple]:
-    """From the wide train split, in one Spark pass: the vocabulary sizes (largest item
-    category and brand index, candidates and histories) with the als_score moments, and the
-    per-position mean and population std of `user_dense` and of `item_dense` (std 0 or
-    undefined counts as 1)."""
+def statistics_columns(widths: Mapping[str, int]) -> list[Column]:
+    """The aggregates the network is built with, over the wide train rows: the vocabulary
+    sizes' largest item, category and brand index (candidates and histories), the
+    als_score moments, and the per-position mean and population std of `user_dense` and
+    of `item_dense`. Observed while the train split is written (`DataFrame.observe`), so
+    they cost no pass of their own."""
     def wide(name: str) -> list[str]:
         return [wide_name(name, j) for j in range(widths[name])]
 
-    moments = [F.avg(c).alias(f"mean_{c}") for n in (USER_DENSE, ITEM_DENSE) for c in wide(n)]
-    moments += [F.stddev_pop(c).alias(f"std_{c}") for n in (USER_DENSE, ITEM_DENSE) for c in wide(n)]
-    row = train.agg(
-        F.greatest(F.max(ITEM_IDX), *[F.max(c) for c in wide(HIST_ITEMS)]).alias("max_item"),
-        F.greatest(F.max(CAT_IDX), *[F.max(c) for c in wide(HIST_CATS)]).alias("max_cat"),
-        F.greatest(F.max(BRAND_IDX), *[F.max(c) for c in wide(HIST_BRANDS)]).alias("max_brand"),
-        F.avg(ALS_SCORE).alias("als_mean"),
-        F.stddev_pop(ALS_SCORE).alias("als_std"),
-        *moments,
-    ).first()
+    columns = [F.max(F.greatest(ITEM_IDX, *wide(HIST_ITEMS))).alias("max_item"),
+               F.max(F.greatest(CAT_IDX, *wide(HIST_CATS))).alias("max_cat"),
+               F.max(F.greatest(BRAND_IDX, *wide(HIST_BRANDS))).alias("max_brand"),
+               F.avg(ALS_SCORE).alias("als_mean"), F.stddev_pop(ALS_SCORE).alias("als_std")]
+    for name in (USER_DENSE, ITEM_DENSE):
+        columns += [F.avg(c).alias(f"mean_{c}") for c in wide(name)]
+        columns += [F.stddev_pop(c).alias(f"std_{c}") for c in wide(name)]
+    return columns
+
+
+def train_statistics(row: Mapping[str, Any], widths: Mapping[str, int]) -> tuple[dict[str, float], tuple, tuple]:
+    """The vocabulary sizes with the als_score moments, and the dense features' (mean, std)
+    per position, from the values of `statistics_columns` (a std of 0 or none counts as 1)."""
     vocab = {
         "item_vocab": int(row["max_item"] or 0) + 1,
         "cat_vocab": int(row["max_cat"] or 0) + 1,
@@ -171,8 +175,9 @@ def train_statistics(train: DataFrame, widths: Mapping[str, int]) -> tuple[dict[
     }
 
     def dense(name: str) -> tuple[tuple, tuple]:
-        return (tuple(float(row[f"mean_{c}"] or 0.0) for c in wide(name)),
-                tuple(float(row[f"std_{c}"] or 1.0) for c in wide(name)))
+        columns = [wide_name(name, j) for j in range(widths[name])]
+        return (tuple(float(row[f"mean_{c}"] or 0.0) for c in columns),
+                tuple(float(row[f"std_{c}"] or 1.0) for c in columns))
 
     return vocab, dense(USER_DENSE), dense(ITEM_DENSE)
 
@@ -195,12 +200,14 @@ def read_factors(spark: SparkSession, cfg: Config, runs: Sequence[dt.date], tabl
     return out
 
 
-def write_ranker_input(frame: DataFrame, cfg: Config, date: dt.date, rows: Mapping[str, int], min_files: int) -> None:
+def write_ranker_input(frame: DataFrame, cfg: Config, date: dt.date, rows: Mapping[str, int], min_files: int,
+                       observed: Mapping[str, tuple[Observation, Sequence[Column]]] | None = None) -> None:
     """Write each split of D like the samples: even files (so row groups) per split, none
-    above `features.row_group_mb`; a split without rows has its old folder removed."""
+    above `features.row_group_mb`; a split without rows has its old folder removed.
+    `observed`: aggregates to compute while a split is written (see `write_splits`)."""
     fc = cfg.features
     write_splits(frame, cfg, "ranker_input", date, rows, min_files=min_files,
-                 max_records_per_file=fc.max_records_per_file, row_group_mb=fc.row_group_mb)
+                 max_records_per_file=fc.max_records_per_file, row_group_mb=fc.row_group_mb, observed=observed)
 
 
 def build_ranker_input(spark: SparkSession, cfg: Config, date: dt.date, meta: Mapping, min_files: int) -> InputStats:
@@ -231,13 +238,16 @@ def build_ranker_input(spark: SparkSession, cfg: Config, date: dt.date, meta: Ma
         .transform(lambda f: to_wide(f, array_widths(meta)))
     )
     rows = meta.get("rows") or {r[SPLIT]: int(r["count"]) for r in samples.groupBy(SPLIT).count().collect()}
-    write_ranker_input(scored, cfg, date, rows, min_files)
+    if not rows.get(TRAIN):
+        raise DataError(f"train: the samples of {date} have no train rows")
+    statistics = Observation("train_statistics")
+    write_ranker_input(scored, cfg, date, rows, min_files,
+                       observed={TRAIN: (statistics, statistics_columns(array_widths(meta)))})
 
     written = {split: _count(cfg, date, split) for split in SPLITS}  # from the files' footers
     if written[TRAIN] == 0:
         raise DataError(f"train: the samples of {date} have no train rows")
-    train = io.read_path(spark, split_location(cfg, date, TRAIN))
-    vocab, (user_mean, user_std), (item_mean, item_std) = train_statistics(train, array_widths(meta))
+    vocab, (user_mean, user_std), (item_mean, item_std) = train_statistics(statistics.get, array_widths(meta))
     return InputStats(
         rows=written,
         item_vocab=vocab["item_vocab"],

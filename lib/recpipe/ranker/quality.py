@@ -18,7 +18,7 @@ import dataclasses
 import datetime as dt
 import logging
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from pyspark.sql import SparkSession
@@ -99,22 +99,28 @@ def interval(values, level: float = 0.95) -> tuple[float, float, float, float]:
     return mean, std, mean - half, mean + half
 
 
-def train_once(cfg: Config, date: dt.date, name: str, seed: int, stats, meta: Mapping,
-               test: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """One DDP training of `name` with `seed` (no MLflow run); its test AUC and gAUC with
-    the best epoch's weights."""
+def train_all(cfg: Config, date: dt.date, plan: Sequence[tuple[str, int]], stats, meta: Mapping,
+              test: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
+    """Each (network, seed) of `plan` trained by DDP, all in one launch, each in a checkpoint
+    folder of its own (no MLflow run); their test AUC and gAUC with the best epoch's weights."""
     from recpipe.metrics import auc, gauc
-    from recpipe.ranker.ddp import launch, load_trained, make_job
+    from recpipe.ranker.ddp import checkpoint_dir, launch, load_trained, make_job
     from recpipe.ranker.evaluate import predict
     from recpipe.ranker.settings import model_config
 
-    rc = dataclasses.replace(cfg.ranker, seed=seed, progress=False, resume=False)
-    cfg = dataclasses.replace(cfg, ranker=rc)
-    job = make_job(cfg, date, name, model_config(rc, stats, meta, name, date), stats, uri="", run_id="")
-    result = launch(job, rc)
-    p = predict(load_trained(result["checkpoint"]), test, rc.eval_batch_size)
-    return {"auc": auc(test["label"], p), "gauc": gauc(test["label"], p, test["user_idx"]),
-            "best_epoch": result["best_epoch"], "epochs": result["epochs"]}
+    rc = dataclasses.replace(cfg.ranker, progress=False, resume=False)
+    jobs = []
+    for k, (name, seed) in enumerate(plan):
+        seeded = dataclasses.replace(cfg, ranker=dataclasses.replace(rc, seed=seed))
+        folder = checkpoint_dir(cfg, date, f"{k}-{name}-seed-{seed}")
+        jobs.append(make_job(seeded, date, name, model_config(seeded.ranker, stats, meta, name, date), stats,
+                             uri="", run_id="", folder=folder))
+    out = []
+    for result in launch(jobs, rc):
+        p = predict(load_trained(result["checkpoint"]), test, rc.eval_batch_size)
+        out.append({"auc": auc(test["label"], p), "gauc": gauc(test["label"], p, test["user_idx"]),
+                    "best_epoch": result["best_epoch"], "epochs": result["epochs"]})
+    return out
 
 
 def fixed_scores(cfg: Config, date: dt.date, meta: Mapping, test: Mapping[str, np.ndarray]) -> dict[str, dict]:
@@ -159,10 +165,13 @@ def compare(spark: SparkSession, cfg: Config, date: dt.date, seeds: int, repeat_
     seed_list = [cfg.ranker.seed + k for k in range(seeds)]
     out = {"seeds": seed_list, "test_rows": len(test["label"]), "test_users": len(np.unique(test["user_idx"])),
            "fixed": fixed_scores(cfg, date, meta, test), "eval_split": meta["eval_split"]}
-    out["runs"] = {name: [train_once(cfg, date, name, seed, stats, meta, test) for seed in seed_list]
-                   for name in (ATTENTION, MEAN)}
+    plan = [(name, seed) for name in (ATTENTION, MEAN) for seed in seed_list]
     if repeat_check:
-        out["repeat"] = train_once(cfg, date, ATTENTION, seed_list[0], stats, meta, test)
+        plan.append((ATTENTION, seed_list[0]))
+    trained = train_all(cfg, date, plan, stats, meta, test)
+    out["runs"] = {name: [trained[plan.index((name, seed))] for seed in seed_list] for name in (ATTENTION, MEAN)}
+    if repeat_check:
+        out["repeat"] = trained[-1]  # the same network and seed as the first, trained again
     return out
 
 

@@ -67,13 +67,15 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     uri = tracking_uri(cfg)
     with start_run(cfg, RANKER_EXPERIMENT, run_name=f"ranker-{date}", tags=run_tags(cfg, date)) as active:
         log_run_inputs(spark, cfg, date, rc, stats, meta)
-        results = {}
+        jobs = []
         for name in [ATTENTION, MEAN] if rc.compare_base_model else [ATTENTION]:
             config = model_config(rc, stats, meta, name, date)
             mlflow.log_params({f"{name}.use_als_score": config.use_als_score, f"{name}.pooling": config.pooling})
-            results[name] = launch(make_job(cfg, date, name, config, stats, uri, active.info.run_id), rc)
-            log.info("%s: %d steps over %d epochs on %d ranks", name, results[name]["steps"],
-                     results[name]["epochs"], results[name]["world_size"])
+            jobs.append(make_job(cfg, date, name, config, stats, uri, active.info.run_id))
+        results = {result["name"]: result for result in launch(jobs, rc)}  # both networks in one launch
+        for name, result in results.items():
+            log.info("%s: %d steps over %d epochs on %d ranks", name, result["steps"], result["epochs"],
+                     result["world_size"])
         models = {name: load_trained(result["checkpoint"]) for name, result in results.items()}
         test = read_split(split_location(cfg, date, TEST), (*TRAIN_COLUMNS, *EVAL_EXTRA)) if stats.rows[TEST] else None
         metrics = {f"{name}_steps": float(r["steps"]) for name, r in results.items()}

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -304,8 +304,7 @@ def train(job: TrainJob) -> dict[str, Any]:
         metrics), `best_epoch`, `checkpoint` (the best epoch's, whose weights the caller
         loads), `checksums` (a digest of the best weights per rank).
     """
-    device = dist.setup(job.use_gpu)
-    try:
+    with dist.process_group(job.use_gpu) as device:
         rank, world = dist.rank(), dist.world_size()
         torch.manual_seed(job.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
         model = build_model(job.model_config).to(device)
@@ -339,8 +338,13 @@ def train(job: TrainJob) -> dict[str, Any]:
             "checkpoint": best_checkpoint,
             "checksums": checksums,
         })
-    finally:
-        dist.cleanup()
+
+
+def train_each(jobs: Sequence[TrainJob]) -> list[dict[str, Any]]:
+    """Train `jobs` one after the other in this rank's process, each as `train` would; one
+    launch (process start, torch's import, the process group) serves them all."""
+    with dist.process_group(jobs[0].use_gpu):
+        return [train(job) for job in jobs]
 
 
 def resume_state(job: TrainJob, device: torch.device) -> dict[str, Any] | None:
