@@ -195,11 +195,12 @@ BARRIER_DRIVER = """
 import json, sys
 from pyspark.ml.torch.distributor import TorchDistributor
 from pyspark.sql import SparkSession
-from recpipe.ranker.trainer import TrainJob, train
+from recpipe.ranker.trainer import TrainJob, train_each
 
 master, spec = sys.argv[1], json.loads(sys.argv[2])
 spark = SparkSession.builder.master(master).appName("recpipe-ddp-check").getOrCreate()
-result = TorchDistributor(num_processes=2, local_mode=False, use_gpu=False).run(train, TrainJob(**spec))
+# As the train stage launches its networks: train_each, here with one job.
+result, = TorchDistributor(num_processes=2, local_mode=False, use_gpu=False).run(train_each, [TrainJob(**spec)])
 print(json.dumps({"app": spark.sparkContext.applicationId, "world_size": result["world_size"],
                   "steps": result["steps"], "checksums": result["checksums"]}))
 spark.stop()
