@@ -123,13 +123,14 @@ def test_two_trainings_with_one_seed_end_with_the_same_weights_and_another_seed_
 def test_a_failed_launch_names_each_job_s_last_checkpoint_to_resume_from(tmp_path):
     from recpipe.ranker.ddp import resume_advice
 
-    trained = train(job(tmp_path / "a", [100, 100]))
     never = job(tmp_path / "b", [100, 100], name="mean")
     assert resume_advice([never]) == "No checkpoint was written; rerun from the start."
-    spec = TrainJob(**{**never.to_dict(), "checkpoint_dir": str(tmp_path / "a" / "ckpt"), "name": "attention"})
-    assert resume_advice([spec]) == (f"Last checkpoint: {trained['checkpoint']}; rerun with --resume "
+    spec = TrainJob(**{**never.to_dict(), "checkpoint_dir": str(tmp_path / "a"), "name": "attention"})
+    checkpoints.save(spec.checkpoint_dir, 1, {"epoch": 1})
+    last = checkpoints.save(spec.checkpoint_dir, 2, {"epoch": 2})
+    assert resume_advice([spec]) == (f"Last checkpoint: {last}; rerun with --resume "
                                      "(ranker.resume=true) to continue from it.")
-    assert resume_advice([spec, never]) == (f"Last checkpoints: attention: {trained['checkpoint']}, mean: none; "
+    assert resume_advice([spec, never]) == (f"Last checkpoints: attention: {last}, mean: none; "
                                             "rerun with --resume (ranker.resume=true) to continue from them.")
 
 

@@ -144,6 +144,11 @@ def array_widths(meta: Mapping) -> dict[str, int]:
             ITEM_DENSE: len(meta["item_dense_features"])}
 
 
+def wide_columns(name: str, widths: Mapping[str, int]) -> list[str]:
+    """The wide layout's column names of array column `name`, position by position."""
+    return [wide_name(name, j) for j in range(widths[name])]
+
+
 def statistics_columns(widths: Mapping[str, int]) -> list[Column]:
     """The aggregates the network is built with, over the wide train rows: the vocabulary
     sizes' largest item, category and brand index (candidates and histories), the
@@ -151,7 +156,7 @@ def statistics_columns(widths: Mapping[str, int]) -> list[Column]:
     of `item_dense`. Observed while the train split is written (`DataFrame.observe`), so
     they cost no pass of their own."""
     def wide(name: str) -> list[str]:
-        return [wide_name(name, j) for j in range(widths[name])]
+        return wide_columns(name, widths)
 
     columns = [F.max(F.greatest(ITEM_IDX, *wide(HIST_ITEMS))).alias("max_item"),
                F.max(F.greatest(CAT_IDX, *wide(HIST_CATS))).alias("max_cat"),
@@ -175,7 +180,7 @@ def train_statistics(row: Mapping[str, Any], widths: Mapping[str, int]) -> tuple
     }
 
     def dense(name: str) -> tuple[tuple, tuple]:
-        columns = [wide_name(name, j) for j in range(widths[name])]
+        columns = wide_columns(name, widths)
         return (tuple(float(row[f"mean_{c}"] or 0.0) for c in columns),
                 tuple(float(row[f"std_{c}"] or 1.0) for c in columns))
 
@@ -238,7 +243,7 @@ def build_ranker_input(spark: SparkSession, cfg: Config, date: dt.date, meta: Ma
         .transform(lambda f: to_wide(f, array_widths(meta)))
     )
     rows = meta.get("rows") or {r[SPLIT]: int(r["count"]) for r in samples.groupBy(SPLIT).count().collect()}
-    if not rows.get(TRAIN):
+    if not rows.get(TRAIN):  # checked first: an unwritten split would leave the observation waiting
         raise DataError(f"train: the samples of {date} have no train rows")
     statistics = Observation("train_statistics")
     write_ranker_input(scored, cfg, date, rows, min_files,
