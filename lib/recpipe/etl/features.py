@@ -223,7 +223,9 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     eval_end_ms = cutoff_ms + eval_days * DAY_MS  # valid/test: [D, D + evaluation.days)
     train_start = date - dt.timedelta(days=fc.train_days)
     first_day, last_day = event_days(cfg, date)
+    # Interactions, impressions, daily activity and labels all scan the events: read them once.
     events = read_events(spark, cfg, first_day, last_day, until_ms=eval_end_ms + fc.attribution_minutes * 60_000)
+    events = events.persist(StorageLevel.MEMORY_AND_DISK)
     catalogue_days = read_catalogue_days(spark, cfg, sample_days(cfg, date))
     # Categories come from D's snapshot for candidates and histories alike, so that the
     # attention compares like with like; prices follow each day's snapshot.
@@ -293,6 +295,7 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     finally:
         user_asof.unpersist()
         item_asof.unpersist()
+        events.unpersist()
     log.info("features as of %s: %s", date, summary)
     return summary
 
