@@ -97,10 +97,14 @@ def retrieval_metrics(predictions: DataFrame, relevant: DataFrame, ks: Iterable[
         for name, evaluator_metric in EVALUATOR_METRICS.items():
             evaluator = RankingEvaluator(predictionCol=PREDICTION, labelCol=RELEVANT, metricName=evaluator_metric, k=k)
             metrics[f"{name}_at_{k}"] = evaluator.evaluate(joined)
-        top = F.slice(PREDICTION, 1, k)
-        hit = joined.agg(F.avg((F.size(F.array_intersect(top, RELEVANT)) > 0).cast("double"))).first()[0]
-        covered = joined.select(F.explode(top).alias(ITEM_IDX)).agg(F.countDistinct(ITEM_IDX)).first()[0]
-        metrics[f"hit_rate_at_{k}"] = float(hit)
-        metrics[f"coverage_at_{k}"] = covered / max(catalogue_size, 1)
+    # Every K's hit rate in one job and every K's coverage in another, not two jobs per K.
+    hits = joined.agg(*[F.avg((F.size(F.array_intersect(F.slice(PREDICTION, 1, k), RELEVANT)) > 0).cast("double"))
+                        .alias(str(k)) for k in ks]).first()
+    ranked = joined.select(F.posexplode(PREDICTION).alias("_rank", ITEM_IDX))
+    covered = ranked.agg(*[F.countDistinct(F.when(F.col("_rank") < k, F.col(ITEM_IDX))).alias(str(k))
+                           for k in ks]).first()
+    for k in ks:
+        metrics[f"hit_rate_at_{k}"] = float(hits[str(k)])
+        metrics[f"coverage_at_{k}"] = covered[str(k)] / max(catalogue_size, 1)
     joined.unpersist()
     return metrics
