@@ -90,6 +90,9 @@ def retrieval_metrics(predictions: DataFrame, relevant: DataFrame, ks: Iterable[
             F.coalesce(PREDICTION, F.array().cast("array<int>")).cast("array<double>").alias(PREDICTION),
             F.col(RELEVANT).cast("array<double>").alias(RELEVANT),
         )
+        # One partition per core, not per shuffle partition: the evaluator runs a job per
+        # metric and K over these few rows (one per user), and each task is fixed cost.
+        .coalesce(predictions.sparkSession.sparkContext.defaultParallelism)
         .cache()
     )
     metrics = {}
