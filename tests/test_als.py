@@ -136,13 +136,16 @@ def test_forty_iterations_complete_with_checkpointing(spark, small_model):
 def test_retrieval_metrics_exact_values(spark):
     predictions = spark.createDataFrame([(1, [5, 6, 7]), (2, [8, 5, 9])], "user_idx int, prediction array<int>")
     relevant = spark.createDataFrame([(1, [6, 10]), (2, [1]), (3, [5])], "user_idx int, relevant array<int>")
-    metrics = retrieval_metrics(predictions, relevant, ks=[2], catalogue_size=10)
+    metrics = retrieval_metrics(predictions, relevant, ks=[1, 2], catalogue_size=10)
     # user 1: hit at rank 2 of 2 relevant; user 2: no hit; user 3: no list at all (counts as empty)
     assert metrics["recall_at_2"] == pytest.approx((1 / 2) / 3)
     assert metrics["hit_rate_at_2"] == pytest.approx(1 / 3)
     assert metrics["ndcg_at_2"] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)) / 3)
     assert metrics["map_at_2"] == pytest.approx((1 / 2) / 2 / 3)
     assert metrics["coverage_at_2"] == pytest.approx(3 / 10)  # {5, 6} and {8, 5} cover 3 items
+    # K = 1, computed in the same passes as K = 2: no first item is relevant; {5} and {8}
+    assert metrics["recall_at_1"] == metrics["hit_rate_at_1"] == 0.0
+    assert metrics["coverage_at_1"] == pytest.approx(2 / 10)
 
 
 def test_popularity_excludes_each_users_seen_items(spark):

@@ -226,43 +226,46 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     # Interactions, impressions, daily activity and labels all scan the events: read them once.
     events = read_events(spark, cfg, first_day, last_day, until_ms=eval_end_ms + fc.attribution_minutes * 60_000)
     events = events.persist(StorageLevel.MEMORY_AND_DISK)
-    catalogue_days = read_catalogue_days(spark, cfg, sample_days(cfg, date))
-    # Categories come from D's snapshot for candidates and histories alike, so that the
-    # attention compares like with like; prices follow each day's snapshot.
-    item_categories = read_item_categories(spark, cfg, date)
-
-    interactions = select_interactions(
-        events.where(F.col(TS_MS) < eval_end_ms), item_categories, fc.history_event_types)
-    impressions = S.select_impressions(events, day_start_ms(train_start), eval_end_ms)
-    # Features are never asked as of a day after D, so day D's own activity is never summed.
-    before_cutoff = events.where(F.col(TS_MS) < cutoff_ms)
-    daily_users = daily_activity(before_cutoff, USER_IDX, fc.history_event_types)
-    daily_items = daily_activity(before_cutoff, ITEM_IDX, fc.history_event_types)
-    user_targets = active_before(daily_users, USER_IDX, cutoff_day, fc.lookback_days)
-    item_targets = (
-        active_before(daily_items, ITEM_IDX, cutoff_day, fc.lookback_days)
-        .unionByName(item_categories.select(ITEM_IDX).withColumn(EVENT_DAY, F.lit(cutoff_day)))
-    )
-
-    # One window pass each serves day D (the tables) and every impression's day (the
-    # samples); persisted because both read them.
-    user_days = user_targets.unionByName(impressions.select(USER_IDX, EVENT_DAY)).distinct()
-    user_asof = user_features_as_of(daily_users, user_days, windows, fc.lookback_days)
-    categories = category_count(item_categories) if fc.category_shares else 0
-    if categories:
-        shown = before_cutoff.where(F.col(EVENT_TYPE) == "impression")
-        shares = impression_category_shares(daily_category_counts(shown, item_categories, categories), user_days,
-                                            categories, fc.lookback_days)
-        user_asof = with_category_shares(user_asof, shares, categories)
-    user_asof = user_asof.persist(StorageLevel.MEMORY_AND_DISK)
-    item_asof = item_features_as_of(
-        daily_items,
-        item_targets.unionByName(impressions.select(ITEM_IDX, EVENT_DAY)).distinct(),
-        catalogue_days,
-        windows,
-        fc.lookback_days,
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    kept = [events]  # what the stage persisted: unpersisted however it ends
     try:
+        catalogue_days = read_catalogue_days(spark, cfg, sample_days(cfg, date))
+        # Categories come from D's snapshot for candidates and histories alike, so that the
+        # attention compares like with like; prices follow each day's snapshot.
+        item_categories = read_item_categories(spark, cfg, date)
+
+        interactions = select_interactions(
+            events.where(F.col(TS_MS) < eval_end_ms), item_categories, fc.history_event_types)
+        impressions = S.select_impressions(events, day_start_ms(train_start), eval_end_ms)
+        # Features are never asked as of a day after D, so day D's own activity is never summed.
+        before_cutoff = events.where(F.col(TS_MS) < cutoff_ms)
+        daily_users = daily_activity(before_cutoff, USER_IDX, fc.history_event_types)
+        daily_items = daily_activity(before_cutoff, ITEM_IDX, fc.history_event_types)
+        user_targets = active_before(daily_users, USER_IDX, cutoff_day, fc.lookback_days)
+        item_targets = (
+            active_before(daily_items, ITEM_IDX, cutoff_day, fc.lookback_days)
+            .unionByName(item_categories.select(ITEM_IDX).withColumn(EVENT_DAY, F.lit(cutoff_day)))
+        )
+
+        # One window pass each serves day D (the tables) and every impression's day (the
+        # samples); persisted because both read them.
+        user_days = user_targets.unionByName(impressions.select(USER_IDX, EVENT_DAY)).distinct()
+        user_asof = user_features_as_of(daily_users, user_days, windows, fc.lookback_days)
+        categories = category_count(item_categories) if fc.category_shares else 0
+        if categories:
+            shown = before_cutoff.where(F.col(EVENT_TYPE) == "impression")
+            shares = impression_category_shares(daily_category_counts(shown, item_categories, categories), user_days,
+                                                categories, fc.lookback_days)
+            user_asof = with_category_shares(user_asof, shares, categories)
+        user_asof = user_asof.persist(StorageLevel.MEMORY_AND_DISK)
+        kept.append(user_asof)
+        item_asof = item_features_as_of(
+            daily_items,
+            item_targets.unionByName(impressions.select(ITEM_IDX, EVENT_DAY)).distinct(),
+            catalogue_days,
+            windows,
+            fc.lookback_days,
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        kept.append(item_asof)
         favourites = favourite_categories(interactions, cutoff_ms, max(windows), fc.top_categories)
         users = build_user_features(user_asof, user_targets, favourites, cutoff_day, windows, fc.top_categories)
         sequences = build_user_sequences(interactions, history_length=fc.history_length, cutoff_ms=cutoff_ms)
@@ -293,9 +296,8 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
         )
         summary["samples"] = write_samples_and_meta(samples, cfg, date, windows, categories)
     finally:
-        user_asof.unpersist()
-        item_asof.unpersist()
-        events.unpersist()
+        for frame in kept:
+            frame.unpersist()
     log.info("features as of %s: %s", date, summary)
     return summary
 

@@ -133,7 +133,7 @@ def fill_dense(samples: DataFrame, user_dim: int, item_dim: int) -> DataFrame:
 def to_wide(frame: DataFrame, widths: Mapping[str, int]) -> DataFrame:
     """Each array column named in `widths` as one scalar column per position
     (`splits.wide_name`), the layout Petastorm reads fast; other columns unchanged."""
-    wide = [F.col(name)[j].alias(wide_name(name, j)) for name, width in widths.items() for j in range(width)]
+    wide = [F.col(name)[j].alias(column) for name in widths for j, column in enumerate(wide_columns(name, widths))]
     return frame.select(*[c for c in frame.columns if c not in widths], *wide)
 
 
@@ -155,16 +155,13 @@ def statistics_columns(widths: Mapping[str, int]) -> list[Column]:
     als_score moments, and the per-position mean and population std of `user_dense` and
     of `item_dense`. Observed while the train split is written (`DataFrame.observe`), so
     they cost no pass of their own."""
-    def wide(name: str) -> list[str]:
-        return wide_columns(name, widths)
-
-    columns = [F.max(F.greatest(ITEM_IDX, *wide(HIST_ITEMS))).alias("max_item"),
-               F.max(F.greatest(CAT_IDX, *wide(HIST_CATS))).alias("max_cat"),
-               F.max(F.greatest(BRAND_IDX, *wide(HIST_BRANDS))).alias("max_brand"),
+    columns = [F.max(F.greatest(ITEM_IDX, *wide_columns(HIST_ITEMS, widths))).alias("max_item"),
+               F.max(F.greatest(CAT_IDX, *wide_columns(HIST_CATS, widths))).alias("max_cat"),
+               F.max(F.greatest(BRAND_IDX, *wide_columns(HIST_BRANDS, widths))).alias("max_brand"),
                F.avg(ALS_SCORE).alias("als_mean"), F.stddev_pop(ALS_SCORE).alias("als_std")]
     for name in (USER_DENSE, ITEM_DENSE):
-        columns += [F.avg(c).alias(f"mean_{c}") for c in wide(name)]
-        columns += [F.stddev_pop(c).alias(f"std_{c}") for c in wide(name)]
+        columns += [F.avg(c).alias(f"mean_{c}") for c in wide_columns(name, widths)]
+        columns += [F.stddev_pop(c).alias(f"std_{c}") for c in wide_columns(name, widths)]
     return columns
 
 
