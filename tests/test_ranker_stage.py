@@ -160,6 +160,9 @@ def test_the_run_holds_metrics_figures_inputs_and_a_challenger_version(trained):
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert figures == {"figures/roc.png", "figures/training_curves.png", "figures/attention_heatmap.png"}
     assert [i.dataset.name for i in run.inputs.dataset_inputs] == [f"ranker_input-{D}-train"]
+    parts = ("ranker_input_s", "train_networks_s", "evaluate_s", "fitted_oracle_s", "publish_s")
+    assert all(metrics[p] == summary[p] > 0 for p in parts), "the stage's seconds per part"
+    assert summary["fitted_oracle_s"] < summary["evaluate_s"], "the fitted oracle is a part of evaluate"
     version = client.get_model_version_by_alias("attention-ranker", "challenger")
     assert str(version.version) == summary["version"] and version.run_id == run.info.run_id
 

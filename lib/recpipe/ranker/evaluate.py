@@ -25,6 +25,7 @@ from recpipe.ranker.data import tensor_batches
 from recpipe.ranker.settings import ATTENTION
 from recpipe.schema import ITEM_ID, ITEM_IDX
 from recpipe.serving.model import RankerModel, model_inputs
+from recpipe.timing import Parts
 
 log = logging.getLogger("recpipe.ranker")
 
@@ -109,8 +110,9 @@ def fitted_oracle(cfg: Config, date: dt.date, test: Mapping[str, np.ndarray]) ->
 
 def evaluate_and_plot(cfg: Config, date: dt.date, rc: RankerConfig, popularity: int,
                       models: Mapping[str, RankerModel], results: Mapping[str, dict], test: Mapping[str, np.ndarray],
-                      vocabulary: pd.DataFrame) -> dict[str, float]:
-    """Test metrics of every method on the same rows, and the figures, into the active run."""
+                      vocabulary: pd.DataFrame, parts: Parts | None = None) -> dict[str, float]:
+    """Test metrics of every method on the same rows, and the figures, into the active run;
+    the fitted oracle's seconds into `parts` when given."""
     import mlflow
 
     from recpipe.ranker.report import attention_heatmap_figure, roc_figure, training_curves_figure
@@ -118,14 +120,18 @@ def evaluate_and_plot(cfg: Config, date: dt.date, rc: RankerConfig, popularity: 
     probabilities = {name: predict(model, test, rc.eval_batch_size) for name, model in models.items()}
     scores = baseline_scores(test, popularity)
     oracle = oracle_probabilities(cfg, date, test["event_id"])
-    fitted = fitted_oracle(cfg, date, test) if oracle is not None and cfg.fitted_oracle.enabled else None
+    fitted = None
+    if oracle is not None and cfg.fitted_oracle.enabled:
+        with (parts or Parts())("fitted_oracle"):
+            fitted = fitted_oracle(cfg, date, test)
     metrics = compare(test["label"], test["user_idx"], probabilities, scores, oracle, fitted)
 
     curves = {**probabilities, **scores}
     if oracle is not None and not np.isnan(oracle).any():
         curves["oracle"] = oracle
     mlflow.log_figure(roc_figure(test["label"], curves), "figures/roc.png")
-    mlflow.log_figure(training_curves_figure({n: r["history"] for n, r in results.items()}), "figures/training_curves.png")
+    histories = {name: result["history"] for name, result in results.items()}
+    mlflow.log_figure(training_curves_figure(histories), "figures/training_curves.png")
     names = dict(zip(vocabulary[ITEM_IDX].astype(int), vocabulary[ITEM_ID].astype(str)))
     mlflow.log_figure(attention_heatmap_figure(models[ATTENTION], test, names, users=rc.heatmap_users, seed=rc.seed),
                       "figures/attention_heatmap.png")

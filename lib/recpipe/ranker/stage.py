@@ -29,6 +29,7 @@ from recpipe.names import RANKER_EXPERIMENT
 from recpipe.ranker.inputs import als_runs, build_ranker_input
 from recpipe.splits import EVAL_EXTRA, TRAIN_COLUMNS, read_split, row_groups, split_location
 from recpipe.stage import Option, Partition, Stage, total
+from recpipe.timing import Parts
 
 log = logging.getLogger("recpipe.ranker")
 
@@ -50,9 +51,12 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
 
     rc = cfg.ranker
     check_config(rc)
+    parts = Parts()
     meta = read_meta(cfg, date)
     popularity = popularity_index(rc, meta, date)
-    stats = build_ranker_input(spark, cfg, date, meta, min_files=max(cfg.features.min_files_per_split, rc.num_processes))
+    with parts("ranker_input"):
+        stats = build_ranker_input(spark, cfg, date, meta,
+                                   min_files=max(cfg.features.min_files_per_split, rc.num_processes))
     train_groups = row_groups(split_location(cfg, date, TRAIN))
     if train_groups < rc.num_processes:
         raise DataError(f"train: {train_groups} row groups in the train split for {rc.num_processes} ranks; "
@@ -72,19 +76,25 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
             config = model_config(rc, stats, meta, name, date)
             mlflow.log_params({f"{name}.use_als_score": config.use_als_score, f"{name}.pooling": config.pooling})
             jobs.append(make_job(cfg, date, name, config, stats, uri, active.info.run_id))
-        results = {result["name"]: result for result in launch(jobs, rc)}  # both networks in one launch
+        with parts("train_networks"):  # both networks in one launch, its start-up included
+            results = {result["name"]: result for result in launch(jobs, rc)}
         for name, result in results.items():
             log.info("%s: %d steps over %d epochs on %d ranks", name, result["steps"], result["epochs"],
                      result["world_size"])
         models = {name: load_trained(result["checkpoint"]) for name, result in results.items()}
-        test = read_split(split_location(cfg, date, TEST), (*TRAIN_COLUMNS, *EVAL_EXTRA)) if stats.rows[TEST] else None
         metrics = {f"{name}_steps": float(r["steps"]) for name, r in results.items()}
-        vocabulary = read_vocabulary(spark, cfg, date)
-        if test is not None:
-            metrics.update(evaluate_and_plot(cfg, date, rc, popularity, models, results, test, vocabulary))
+        with parts("evaluate"):  # the fitted oracle's part is inside it
+            test = (read_split(split_location(cfg, date, TEST), (*TRAIN_COLUMNS, *EVAL_EXTRA))
+                    if stats.rows[TEST] else None)
+            vocabulary = read_vocabulary(spark, cfg, date)
+            if test is not None:
+                metrics.update(evaluate_and_plot(cfg, date, rc, popularity, models, results, test, vocabulary, parts))
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-        registered = publish(spark, cfg, date, rc, results[ATTENTION], vocabulary, test)
-    return {"rows": stats.rows, "run_id": active.info.run_id, **registered,
+        with parts("publish"):
+            registered = publish(spark, cfg, date, rc, results[ATTENTION], vocabulary, test)
+        mlflow.log_metrics(parts.seconds)
+    log.info("train %s: seconds per part: %s", date, parts.describe())
+    return {"rows": stats.rows, "run_id": active.info.run_id, **registered, **parts.seconds,
             **{k: round(v, 4) for k, v in metrics.items() if k.endswith(("_auc", "_gauc", "_steps"))}}
 
 
