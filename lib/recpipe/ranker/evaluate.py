@@ -110,9 +110,9 @@ def fitted_oracle(cfg: Config, date: dt.date, test: Mapping[str, np.ndarray]) ->
 
 def evaluate_and_plot(cfg: Config, date: dt.date, rc: RankerConfig, popularity: int,
                       models: Mapping[str, RankerModel], results: Mapping[str, dict], test: Mapping[str, np.ndarray],
-                      vocabulary: pd.DataFrame, parts: Parts | None = None) -> dict[str, float]:
+                      vocabulary: pd.DataFrame, parts: Parts) -> dict[str, float]:
     """Test metrics of every method on the same rows, and the figures, into the active run;
-    the fitted oracle's seconds into `parts` when given."""
+    the fitted oracle's seconds into `parts`."""
     import mlflow
 
     from recpipe.ranker.report import attention_heatmap_figure, roc_figure, training_curves_figure
@@ -122,7 +122,7 @@ def evaluate_and_plot(cfg: Config, date: dt.date, rc: RankerConfig, popularity: 
     oracle = oracle_probabilities(cfg, date, test["event_id"])
     fitted = None
     if oracle is not None and cfg.fitted_oracle.enabled:
-        with (parts or Parts())("fitted_oracle"):
+        with parts("fitted_oracle"):
             fitted = fitted_oracle(cfg, date, test)
     metrics = compare(test["label"], test["user_idx"], probabilities, scores, oracle, fitted)
 
