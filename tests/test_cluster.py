@@ -44,6 +44,8 @@ TINY = [
     # score on the driver; on data this small the first model cannot beat popularity, so the
     # gate would (rightly) leave score without a champion.
     "nightly.stages=[clean,features,als,train]",
+    # Only test_ranker_stage checks the fitted oracle; elsewhere it would only cost time.
+    "fitted_oracle.enabled=false",
 ]
 # Short-lived JVMs on 2 cores: the C1 compiler alone starts them faster (the default C2
 # pays off only in long jobs), and one GC thread leaves the cores to the work.

@@ -28,6 +28,8 @@ DATA = [
     "als.train_days=5", "als.rank=8", "als.max_iter=4", "als.top_k=50", "als.eval_ks=[50]", "als.register_model=false",
     "ranker.reader_workers=1", "ranker.progress=false", "ranker.epochs=2", "ranker.num_processes=2",
     "ranker.compare_base_model=false", "score.top_n=10",
+    # Only test_ranker_stage checks the fitted oracle; elsewhere it would only cost time.
+    "fitted_oracle.enabled=false",
 ]
 MODEL = "attention-ranker"
 

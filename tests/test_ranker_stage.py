@@ -167,6 +167,22 @@ def test_the_run_holds_metrics_figures_inputs_and_a_challenger_version(trained):
     assert str(version.version) == summary["version"] and version.run_id == run.info.run_id
 
 
+def test_the_fitted_oracle_is_fitted_only_where_it_is_enabled(trained):
+    from recpipe.config import load_config
+    from recpipe.ranker.evaluate import fitted_oracle
+    from recpipe.ranker.fitted_oracle import COLUMNS
+    from recpipe.splits import read_split, split_location
+
+    from tests.conftest import LOCAL_CONF
+
+    cfg, D, _ = trained
+    test = read_split(split_location(cfg, D, "test"), COLUMNS)
+    fitted = fitted_oracle(cfg, D, test)
+    assert fitted is not None and fitted.shape == test["label"].shape and ((fitted >= 0) & (fitted <= 1)).all()
+    off = load_config(LOCAL_CONF, [f"paths.root={cfg.paths.root}", *DATA, "fitted_oracle.enabled=false"])
+    assert fitted_oracle(off, D, test) is None
+
+
 def test_every_epoch_left_a_checkpoint_with_the_model_and_resolved_config(trained):
     from recpipe.ranker import checkpoints
     from recpipe.ranker.ddp import checkpoint_dir
@@ -214,7 +230,8 @@ def test_a_rank_killed_mid_training_fails_clearly_keeps_champion_and_resume_comp
     cfg, D, summary = trained
     client = mlflow.MlflowClient(tracking_uri(cfg))
     client.set_registered_model_alias("attention-ranker", "champion", summary["version"])
-    settings = [f"paths.root={cfg.paths.root}", *DATA, "ranker.compare_base_model=false", "ranker.epochs=2"]
+    settings = [f"paths.root={cfg.paths.root}", *DATA, "ranker.compare_base_model=false", "ranker.epochs=2",
+                "fitted_oracle.enabled=false"]  # its figures are checked above; here it would only cost time
     folder = checkpoint_dir(cfg, D, "attention")
     killed = []
 

@@ -97,10 +97,13 @@ def compare(labels: np.ndarray, users: np.ndarray, probabilities: Mapping[str, n
 
 def fitted_oracle(cfg: Config, date: dt.date, test: Mapping[str, np.ndarray]) -> np.ndarray | None:
     """The fitted oracle's test probabilities, fitted on D's train rows with early stopping
-    on its valid rows; None when there are no valid rows to stop on."""
+    on its valid rows; None when `fitted_oracle.enabled` is off or there are no valid rows
+    to stop on."""
     from recpipe.ranker.fitted_oracle import COLUMNS, fitted_oracle_scores
     from recpipe.splits import read_split, split_location
 
+    if not cfg.fitted_oracle.enabled:
+        return None
     valid_location = split_location(cfg, date, "valid")
     if not paths.exists(valid_location):
         return None
@@ -121,7 +124,7 @@ def evaluate_and_plot(cfg: Config, date: dt.date, rc: RankerConfig, popularity: 
     scores = baseline_scores(test, popularity)
     oracle = oracle_probabilities(cfg, date, test["event_id"])
     fitted = None
-    if oracle is not None and cfg.fitted_oracle.enabled:
+    if oracle is not None:  # only generated data has an oracle to compare the fitted one with
         with parts("fitted_oracle"):
             fitted = fitted_oracle(cfg, date, test)
     metrics = compare(test["label"], test["user_idx"], probabilities, scores, oracle, fitted)
