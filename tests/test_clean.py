@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from pyspark import StorageLevel
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -621,6 +622,24 @@ def test_a_reconciliation_mismatch_stops_the_job_before_any_write(spark, tiny_la
         clean.run(spark, cfg, day3)
     for name in ("events", "rejects", "dim_users", "dim_items", "dim_categories", "dim_brands", "catalogue", "quality"):
         assert not io.table_exists(cfg, name, day3), name
+
+
+def test_the_job_persists_its_lines_at_the_configured_level_and_refuses_an_unknown_one(spark, tiny_lake, tmp_path):
+    # DISK_ONLY by default: with a local master the cached lines would share the driver's heap
+    # with every task, and MEMORY_AND_DISK ran out of a 4g heap on two days of 2.7 M lines.
+    lines = lines_frame(spark, [event_line()]).withColumn("dt", F.lit(D))
+    for name, level in (("DISK_ONLY", StorageLevel.DISK_ONLY), ("MEMORY_AND_DISK", StorageLevel.MEMORY_AND_DISK)):
+        cfg = copy_lake(tiny_lake, tmp_path / name, *([] if name == "DISK_ONLY" else [f"spark.persist_level={name}"]))
+        checked, classified = clean.classify(spark, cfg, lines, first=D, by_file_day=True)
+        try:
+            assert (checked.storageLevel, classified.storageLevel) == (level, level), name
+            assert classified.count() == 1
+        finally:
+            checked.unpersist()
+            classified.unpersist()
+    cfg = copy_lake(tiny_lake, tmp_path / "bad", "spark.persist_level=MEMORY")
+    with pytest.raises(ConfigError, match="spark.persist_level must be one of DISK_ONLY, MEMORY_AND_DISK, .*'MEMORY'"):
+        clean.run(spark, cfg, D2)
 
 
 def test_a_day_with_nothing_accepted_replaces_stale_events(spark, tiny_lake, tmp_path):

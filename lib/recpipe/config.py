@@ -87,6 +87,7 @@ class SparkConfig:
     app_name: str
     shuffle_partitions: int
     driver_memory: str
+    persist_level: str
     local_dir: str
     extra: dict
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import sys
 
-from pyspark.sql import SparkSession
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
 
 from recpipe.config import Config
+from recpipe.errors import ConfigError
 from recpipe.logs import spark_java_options, stderr_is_terminal
 from recpipe.submit import launched_by_spark_submit
 
@@ -33,6 +35,22 @@ def session_settings(cfg: Config) -> dict[str, str]:
     if not launched_by_spark_submit():  # JVM options count where the JVM starts: here, or in spark-submit
         settings.update(spark_java_options(extra))
     return settings
+
+
+PERSIST_LEVELS = ("DISK_ONLY", "MEMORY_AND_DISK", "MEMORY_AND_DISK_DESER", "MEMORY_ONLY")
+
+
+def persist_level(cfg: Config) -> StorageLevel:
+    """The StorageLevel named by `spark.persist_level`; ConfigError for another name."""
+    name = cfg.spark.persist_level
+    if name not in PERSIST_LEVELS:
+        raise ConfigError(f"spark.persist_level must be one of {', '.join(PERSIST_LEVELS)}, got {name!r}")
+    return getattr(StorageLevel, name)
+
+
+def persist(frame: DataFrame, cfg: Config) -> DataFrame:
+    """`frame` persisted at the profile's `spark.persist_level`."""
+    return frame.persist(persist_level(cfg))
 
 
 def get_spark(cfg: Config, stage: str) -> SparkSession:

@@ -17,7 +17,6 @@ import datetime as dt
 import logging
 from typing import Sequence
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -69,6 +68,7 @@ from recpipe.schema import (
     USER_ID,
     USER_IDX,
 )
+from recpipe.spark import persist
 from recpipe.stage import Partition, Stage
 
 log = logging.getLogger("recpipe.clean")
@@ -128,7 +128,7 @@ def clean_lines(spark: SparkSession, cfg: Config, lines: DataFrame, quarantined:
     carrying their `dt`); write and log the quality report dated `last`, which lists the
     `quarantined` files."""
     checked, classified = classify(spark, cfg, lines, first=first, by_file_day=by_file_day)
-    catalogue = clean_catalogue(read_raw_catalogue(spark, cfg)).persist(StorageLevel.MEMORY_AND_DISK)
+    catalogue = persist(clean_catalogue(read_raw_catalogue(spark, cfg)), cfg)
     try:
         lines_read = checked.count()  # a projection of the raw text: one row per line read
         outcomes = count_outcomes(classified, day=None if by_file_day else last, event_types=cfg.clean.event_types)
@@ -183,21 +183,21 @@ def classify(spark: SparkSession, cfg: Config, lines: DataFrame, *, first: dt.da
     day's lines are judged against D = `first`; with `by_file_day`, each against its `dt`.
     """
     settings = cfg.clean
-    checked = check_rows(
+    checked = persist(check_rows(
         parse_lines(lines),
         required_fields=settings.required_fields,
         event_types=settings.event_types,
         day=None if by_file_day else first,
         future_tolerance_minutes=settings.future_tolerance_minutes,
         earliest=settings.earliest_date,
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    classified = classify_lines(
+    ), cfg)
+    classified = persist(classify_lines(
         checked,
         previous_event_ids(spark, cfg, first, settings.dedup_lookback_days),
         bot_window_minutes=settings.bot_window_minutes,
         bot_max_events_per_window=settings.bot_max_events_per_window,
         bot_per=(USER_ID, DT) if by_file_day else (USER_ID,),
-    ).persist(StorageLevel.MEMORY_AND_DISK)
+    ), cfg)
     return checked, classified
 
 
@@ -227,7 +227,7 @@ def write_outputs(spark: SparkSession, cfg: Config, date: dt.date, classified: D
         write_day(rejected_lines(classified), cfg, "rejects", date, rows=outcomes.rejected,
                   files=settings.rejects_files_per_day)
     indexed_catalogue = index_catalogue(catalogue, dictionaries[ITEMS], dictionaries[CATEGORIES], dictionaries[BRANDS])
-    indexed_catalogue = indexed_catalogue.persist(StorageLevel.MEMORY_AND_DISK)  # counted, then written
+    indexed_catalogue = persist(indexed_catalogue, cfg)  # counted, then written
     try:
         catalogue_items = indexed_catalogue.count()
         write_day(indexed_catalogue, cfg, "catalogue", date, rows=catalogue_items,
@@ -364,7 +364,7 @@ def write_snapshot(spark: SparkSession, cfg: Config, spec: DictionarySpec, snaps
     written, read back, and how many of its ids are first seen on D. Nothing is written
     for a dictionary that has no id yet (a first day without events)."""
     # Numbered once: the check, the count and the write all read the same computed rows.
-    snapshot = snapshot.persist(StorageLevel.MEMORY_AND_DISK)
+    snapshot = persist(snapshot, cfg)
     try:
         stats = snapshot_stats(snapshot, spec, date)
         if stats["rows"] == 0:

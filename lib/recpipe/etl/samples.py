@@ -29,7 +29,6 @@ import json
 import math
 from typing import Mapping, Sequence
 
-from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 
@@ -41,6 +40,7 @@ from recpipe.schema import (
     BRAND_IDX, CAT_IDX, DT, EVENT_ID, EVENT_TYPE, HIST_BRANDS, HIST_CATS, HIST_ITEMS, HIST_LEN, ITEM_DENSE, ITEM_IDX,
     LABEL, PADDING_IDX, POSITION, REQUEST_ID, SPLIT, TS_MS, USER_DENSE, USER_IDX, require_columns,
 )
+from recpipe.spark import persist
 
 TRAIN, VALID, TEST = "train", "valid", "test"
 SPLITS = (TRAIN, VALID, TEST)
@@ -244,7 +244,7 @@ def write_counted_splits(samples: DataFrame, cfg: Config, date: dt.date
         Rows, positives and files per split.
     """
     fc = cfg.features
-    samples = samples.persist(StorageLevel.MEMORY_AND_DISK)
+    samples = persist(samples, cfg)
     try:
         counts = samples.groupBy(SPLIT).agg(F.count(F.lit(1)).alias("rows"), F.sum(LABEL).alias("positives")).collect()
         rows = {split: 0 for split in SPLITS} | {r[SPLIT]: int(r["rows"]) for r in counts}
