@@ -638,8 +638,13 @@ def test_the_job_persists_its_lines_at_the_configured_level_and_refuses_an_unkno
             checked.unpersist()
             classified.unpersist()
     cfg = copy_lake(tiny_lake, tmp_path / "bad", "spark.persist_level=MEMORY")
+    def files_and_times():
+        return sorted((str(f), f.stat().st_mtime_ns) for f in Path(cfg.paths.root).rglob("*") if f.is_file())
+
+    before = files_and_times()
     with pytest.raises(ConfigError, match="spark.persist_level must be one of DISK_ONLY, MEMORY_AND_DISK, .*'MEMORY'"):
         clean.run(spark, cfg, D2)
+    assert files_and_times() == before  # refused before anything under the root was written
 
 
 def test_a_day_with_nothing_accepted_replaces_stale_events(spark, tiny_lake, tmp_path):
