@@ -14,6 +14,7 @@ run ends (`recpipe.tables`): readers see D all old or all new, never a mix.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 from typing import Sequence
 
@@ -31,15 +32,18 @@ from recpipe.etl.dictionaries import (
     ITEMS,
     USERS,
     DictionarySpec,
-    assign_new_indexes,
     check_extends_previous,
-    read_newest_snapshot,
+    number_new_ids,
+    read_newest_snapshots,
     read_snapshot,
     require_dense,
     require_index,
     snapshot_as_of,
-    snapshot_stats,
+    stacked,
+    stacked_ids,
+    stacked_stats,
     unseen_ids,
+    unstacked,
 )
 from recpipe.etl.quality import (
     Outcomes,
@@ -333,47 +337,54 @@ def update_dictionaries(spark: SparkSession, cfg: Config, date: dt.date, *, used
             events use ids it lacks: numbering them now would fork the dictionary, since
             the newer snapshots would not hold them. Clean the later days again in order.
     """
-    snapshots, rebuilt = {}, set()
-    for spec in DICTIONARIES:
-        existing, newest = read_newest_snapshot(spark, cfg, spec)
+    newest = read_newest_snapshots(spark, cfg, DICTIONARIES)
+    numbered = [spec for spec in DICTIONARIES if newest[spec][1] is None or newest[spec][1] <= date]
+    rebuilt = [spec for spec in DICTIONARIES if spec not in numbered]
+    snapshots = []
+    if numbered:
+        existing = stacked({spec: newest[spec][0] for spec in numbered})
+        ids = {spec: found for spec in numbered if (found := key_union(spec.key, used.get(spec), listed.get(spec)))}
+        snapshots.append(number_new_ids(existing, stacked_ids(ids), day=date) if ids else existing)
+    for spec in rebuilt:
+        existing, newest_day = newest[spec]
         needed = key_union(spec.key, used.get(spec))
-        everything = key_union(spec.key, used.get(spec), listed.get(spec))
-        if newest is None or newest <= date:
-            snapshots[spec] = assign_new_indexes(existing, everything, key=spec.key, index=spec.index, day=date)
-            continue
         missing = unseen_ids(existing, needed, key=spec.key).count() if needed is not None else 0
         if missing:
-            raise DataError(f"{spec.table}: {missing} new id(s) on {date}, but the newest snapshot is dt={newest}; "
+            raise DataError(f"{spec.table}: {missing} new id(s) on {date}, but the newest snapshot is dt={newest_day}; "
                             f"clean the days after {date} again in order instead")
         # Whatever the snapshot before D holds stays in D's: each snapshot extends the one before.
         before = io.latest_day(cfg, spec.table, date - dt.timedelta(days=1))
+        everything = key_union(spec.key, used.get(spec), listed.get(spec))
         kept = key_union(spec.key, everything, read_snapshot(spark, cfg, spec, before) if before else None)
-        snapshots[spec] = snapshot_as_of(existing, kept, key=spec.key, day=date)
-        rebuilt.add(spec)
-    written, first_seen = {}, {}
-    for spec, frame in snapshots.items():
-        written[spec], first_seen[spec] = write_snapshot(spark, cfg, spec, frame, date)
-        if spec in rebuilt:  # an extension of the checked newest snapshot carries its rows as they were
-            check_extends_previous(spark, cfg, spec, written[spec], date)
+        snapshots.append(stacked({spec: snapshot_as_of(existing, kept, key=spec.key, day=date)}))
+    written, first_seen = write_snapshots(spark, cfg, functools.reduce(DataFrame.unionByName, snapshots), date)
+    if rebuilt:  # an extension of the checked newest snapshot carries its rows as they were
+        check_extends_previous(spark, cfg, {spec: (written[spec], date) for spec in rebuilt})
     return written, first_seen
 
 
-def write_snapshot(spark: SparkSession, cfg: Config, spec: DictionarySpec, snapshot: DataFrame,
-                   date: dt.date) -> tuple[DataFrame, int]:
-    """Check D's new snapshot of a dictionary (dense and unique) and write it; return it as
-    written, read back, and how many of its ids are first seen on D. Nothing is written
-    for a dictionary that has no id yet (a first day without events)."""
-    # Numbered once: the check, the count and the write all read the same computed rows.
-    snapshot = persist(snapshot, cfg)
+def write_snapshots(spark: SparkSession, cfg: Config, snapshots: DataFrame,
+                    date: dt.date) -> tuple[dict[DictionarySpec, DataFrame], dict[DictionarySpec, int]]:
+    """Check D's new snapshot of each dictionary (dense and unique; `snapshots` holds them
+    `stacked`) and write them; return each as written, read back, and how many of its
+    ids are first seen on D. Nothing is written for a dictionary that has no id yet (a
+    first day without events)."""
+    # Numbered once: the checks, the counts and the writes all read the same computed rows.
+    snapshots = persist(snapshots, cfg)
     try:
-        stats = snapshot_stats(snapshot, spec, date)
-        if stats["rows"] == 0:
-            return spark.createDataFrame([], spec.schema), 0
-        require_dense(snapshot, spec, date, stats)  # a bug if not, caught before anything is written
-        io.write_days(io.with_day(snapshot, date), cfg, spec.table, files=cfg.clean.snapshot_files_per_day)
+        stats = stacked_stats(snapshots, date)
+        for spec in DICTIONARIES:  # all checked before any is written: a failure is a bug
+            if stats[spec.table]["rows"]:
+                require_dense(unstacked(snapshots, spec), spec, date, stats[spec.table])
+        for spec in DICTIONARIES:
+            if stats[spec.table]["rows"]:
+                io.write_days(io.with_day(unstacked(snapshots, spec), date), cfg, spec.table,
+                              files=cfg.clean.snapshot_files_per_day)
     finally:
-        snapshot.unpersist()
-    return read_snapshot(spark, cfg, spec, date, check=False), stats["new"]
+        snapshots.unpersist()
+    written = {spec: read_snapshot(spark, cfg, spec, date, check=False) if stats[spec.table]["rows"]
+               else spark.createDataFrame([], spec.schema) for spec in DICTIONARIES}
+    return written, {spec: stats[spec.table]["new"] for spec in DICTIONARIES}
 
 
 def key_union(key: str, *frames: DataFrame | None) -> DataFrame | None:

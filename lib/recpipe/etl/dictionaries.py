@@ -10,10 +10,13 @@ numbered) is `recpipe.etl.clean.update_dictionaries`.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
+import functools
 from dataclasses import dataclass
+from typing import Mapping
 
-from pyspark.sql import Column, DataFrame, Row, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -26,8 +29,13 @@ from recpipe.schema import (
 )
 
 _TOP = "_top"
+_START = "_start"
 _POSITION = "_position"
 _AT = "_at"
+# The columns of several dictionaries stacked into one frame (`stacked`).
+_TABLE = "_table"
+_ID = "_id"
+_INDEX = "_index"
 NEWEST = dt.date.max  # `as_of` that finds the newest snapshot, whatever its day
 
 
@@ -59,18 +67,20 @@ class DictionaryError(DataError):
     the first bad id. Numbering anything from it would silently re-map ids."""
 
 
-def read_newest_snapshot(spark: SparkSession, cfg: Config, spec: DictionarySpec) -> tuple[DataFrame, dt.date | None]:
-    """The newest snapshot of a dictionary (any day) and its day; empty and None if none.
+def read_newest_snapshots(spark: SparkSession, cfg: Config, specs: tuple[DictionarySpec, ...]
+                          ) -> dict[DictionarySpec, tuple[DataFrame, dt.date | None]]:
+    """Per dictionary, its newest snapshot (any day) and that day; empty and None if none.
 
-    The snapshot is checked (dense, unique) and so is that it extends the one before it:
-    this is the snapshot new ids are numbered after.
+    The snapshots are checked (dense, unique) and so is that each extends the one before
+    it: these are the snapshots new ids are numbered after. One job checks them all.
     """
-    newest = io.latest_day(cfg, spec.table, NEWEST)
-    if newest is None:
-        return spark.createDataFrame([], spec.schema), None
-    snapshot = read_snapshot(spark, cfg, spec, newest)
-    check_extends_previous(spark, cfg, spec, snapshot, newest)
-    return snapshot, newest
+    found = {}
+    for spec in specs:
+        if (newest := io.latest_day(cfg, spec.table, NEWEST)) is not None:
+            found[spec] = (spark.read.schema(spec.schema).parquet(snapshot_location(cfg, spec, newest)), newest)
+    check_snapshots(found)
+    check_extends_previous(spark, cfg, found)
+    return {spec: found.get(spec, (spark.createDataFrame([], spec.schema), None)) for spec in specs}
 
 
 def read_snapshot(spark: SparkSession, cfg: Config, spec: DictionarySpec, day: dt.date, *,
@@ -96,22 +106,48 @@ def snapshot_location(cfg: Config, spec: DictionarySpec, day: dt.date) -> str:
 
 
 def check_snapshot(snapshot: DataFrame, spec: DictionarySpec, day: dt.date) -> None:
-    """DictionaryError unless the snapshot's indexes are 1..n, one per id and one id per index.
+    """DictionaryError unless the snapshot's indexes are 1..n, one per id and one id per index."""
+    check_snapshots({spec: (snapshot, day)})
 
-    One aggregate when the snapshot is sound; the first bad id is looked for only when not.
+
+def check_snapshots(snapshots: Mapping[DictionarySpec, tuple[DataFrame, dt.date]]) -> None:
+    """`check_snapshot` for each (snapshot, day): one aggregate over all of them when they
+    are sound; the first bad id is looked for only in one that is not."""
+    if not snapshots:
+        return
+    stats = stacked_stats(stacked({spec: frame for spec, (frame, _) in snapshots.items()}))
+    for spec, (snapshot, day) in snapshots.items():
+        if stats[spec.table]["rows"] == 0:
+            raise DictionaryError(f"{spec.table} dt={day}: the snapshot is empty, but a dictionary only grows; restore "
+                                  f"it (or remove the folder and clean the days from {day} on again)")
+        require_dense(snapshot, spec, day, stats[spec.table])
+
+
+def stacked(snapshots: Mapping[DictionarySpec, DataFrame]) -> DataFrame:
+    """Several dictionaries as one frame (`_table`, `_id`, `_index`, `first_seen`).
+
+    A clean checks, numbers and counts its four dictionaries; each of those on each
+    dictionary alone is a few small Spark jobs, and a small day's clean spent most of
+    its time starting them. Stacked, one job does each for all four.
     """
-    stats = snapshot_stats(snapshot, spec, day)
-    if stats["rows"] == 0:
-        raise DictionaryError(f"{spec.table} dt={day}: the snapshot is empty, but a dictionary only grows; restore it "
-                              f"(or remove the folder and clean the days from {day} on again)")
-    require_dense(snapshot, spec, day, stats)
+    parts = [frame.select(F.lit(spec.table).alias(_TABLE), F.col(spec.key).alias(_ID),
+                          F.col(spec.index).cast("int").alias(_INDEX), F.col(FIRST_SEEN))
+             for spec, frame in snapshots.items()]
+    return functools.reduce(DataFrame.unionByName, parts)
 
 
-def snapshot_stats(snapshot: DataFrame, spec: DictionarySpec, day: dt.date) -> Row:
-    """One aggregate over a snapshot: `rows`, distinct `keys` and `indexes`, `low` and `high`
-    index, `nulls` (rows without id or index) and `new` (ids first seen on `day`)."""
-    key, index = F.col(spec.key), F.col(spec.index)
-    return snapshot.agg(
+def unstacked(frame: DataFrame, spec: DictionarySpec) -> DataFrame:
+    """One dictionary's rows of a `stacked` frame, with its own column names."""
+    return frame.where(F.col(_TABLE) == spec.table).select(
+        F.col(_ID).alias(spec.key), F.col(_INDEX).alias(spec.index), F.col(FIRST_SEEN))
+
+
+def stacked_stats(frame: DataFrame, day: dt.date | None = None) -> dict[str, dict]:
+    """Per dictionary of a `stacked` frame (by table name), in one aggregate: `rows`,
+    distinct `keys` and `indexes`, `low` and `high` index, `nulls` (rows without id or
+    index) and `new` (ids first seen on `day`). A table without rows has all zeros."""
+    key, index = F.col(_ID), F.col(_INDEX)
+    rows = frame.groupBy(_TABLE).agg(
         F.count(F.lit(1)).alias("rows"),
         F.countDistinct(key).alias("keys"),
         F.countDistinct(index).alias("indexes"),
@@ -119,11 +155,13 @@ def snapshot_stats(snapshot: DataFrame, spec: DictionarySpec, day: dt.date) -> R
         F.max(index).alias("high"),
         F.count(F.when(key.isNull() | index.isNull(), 1)).alias("nulls"),
         F.count(F.when(F.col(FIRST_SEEN) == F.lit(day), 1)).alias("new"),
-    ).first()
+    ).collect()  # a row per dictionary
+    empty = dict.fromkeys(("rows", "keys", "indexes", "low", "high", "nulls", "new"), 0)
+    return collections.defaultdict(lambda: dict(empty), {row[_TABLE]: row.asDict() for row in rows})
 
 
-def require_dense(snapshot: DataFrame, spec: DictionarySpec, day: dt.date, stats: Row) -> None:
-    """DictionaryError unless `stats` (the snapshot's, from `snapshot_stats`) say its indexes
+def require_dense(snapshot: DataFrame, spec: DictionarySpec, day: dt.date, stats: Mapping) -> None:
+    """DictionaryError unless `stats` (the snapshot's, from `stacked_stats`) say its indexes
     are 1..n, one per id and one id per index; the error names the first bad id."""
     if stats["nulls"] == 0 and stats["rows"] == stats["keys"] == stats["indexes"] == stats["high"] and stats["low"] == 1:
         return
@@ -159,23 +197,27 @@ def first_missing_index(indexes: DataFrame) -> int:
     return candidates.join(indexes, _AT, "left_anti").agg(F.min(_AT)).first()[0]
 
 
-def check_extends_previous(spark: SparkSession, cfg: Config, spec: DictionarySpec, snapshot: DataFrame,
-                           day: dt.date) -> None:
-    """DictionaryError unless `snapshot` (day `day`) holds every id of the snapshot before it
-    with the same index."""
-    previous_day = io.latest_day(cfg, spec.table, day - dt.timedelta(days=1))
-    if previous_day is None:
+def check_extends_previous(spark: SparkSession, cfg: Config,
+                           snapshots: Mapping[DictionarySpec, tuple[DataFrame, dt.date]]) -> None:
+    """DictionaryError unless each (snapshot, day) holds every id of its dictionary's
+    snapshot before that day with the same index; one join checks them all."""
+    previous_days = {spec: previous for spec, (_, day) in snapshots.items()
+                     if (previous := io.latest_day(cfg, spec.table, day - dt.timedelta(days=1))) is not None}
+    if not previous_days:
         return
-    previous = spark.read.schema(spec.schema).parquet(snapshot_location(cfg, spec, previous_day))
-    now = snapshot.select(spec.key, F.col(spec.index).alias("_now"))
-    lost = previous.join(now, spec.key, "left").where(F.col("_now").isNull() | (F.col("_now") != F.col(spec.index)))
-    row = lost.orderBy(spec.key).first()
+    previous = stacked({spec: spark.read.schema(spec.schema).parquet(snapshot_location(cfg, spec, previous))
+                        for spec, previous in previous_days.items()})
+    now = stacked({spec: snapshots[spec][0] for spec in previous_days}).select(_TABLE, _ID, F.col(_INDEX).alias("_now"))
+    lost = (previous.join(now, [_TABLE, _ID], "left")
+            .where(F.col("_now").isNull() | (F.col("_now") != F.col(_INDEX))))
+    row = lost.orderBy(_TABLE, _ID).first()
     if row is None:
         return
-    what = (f"lacks id {row[spec.key]!r}" if row["_now"] is None else
-            f"gives id {row[spec.key]!r} index {row['_now']}")
-    raise DictionaryError(f"{spec.table} dt={day}: {what} (index {row[spec.index]} on dt={previous_day}); each "
-                          "snapshot must hold every id of the one before with the same index")
+    spec = next(spec for spec in previous_days if spec.table == row[_TABLE])
+    what = f"lacks id {row[_ID]!r}" if row["_now"] is None else f"gives id {row[_ID]!r} index {row['_now']}"
+    raise DictionaryError(f"{spec.table} dt={snapshots[spec][1]}: {what} (index {row[_INDEX]} on "
+                          f"dt={previous_days[spec]}); each snapshot must hold every id of the one before with the "
+                          "same index")
 
 
 def unseen_ids(existing: DataFrame, ids: DataFrame, *, key: str) -> DataFrame:
@@ -198,20 +240,40 @@ def assign_new_indexes(existing: DataFrame, ids: DataFrame, *, key: str, index: 
         `existing` unchanged plus one row per new id: indexes max+1, max+2, ... in id
         order (from 1 when `existing` is empty), `first_seen` = `day`.
     """
-    top = existing.agg(F.coalesce(F.max(index), F.lit(PADDING_IDX)).cast("long").alias(_TOP))
+    spec = DictionarySpec("dictionary", key, index)
+    return unstacked(number_new_ids(stacked({spec: existing}), stacked_ids({spec: ids}), day=day), spec)
+
+
+def stacked_ids(ids: Mapping[DictionarySpec, DataFrame]) -> DataFrame:
+    """Per dictionary, a frame with its `key` column, as one frame (`_table`, `_id`)."""
+    parts = [frame.select(F.lit(spec.table).alias(_TABLE), F.col(spec.key).alias(_ID)) for spec, frame in ids.items()]
+    return functools.reduce(DataFrame.unionByName, parts)
+
+
+def number_new_ids(existing: DataFrame, ids: DataFrame, *, day: dt.date) -> DataFrame:
+    """`assign_new_indexes` for several dictionaries at once: `existing` is `stacked`, `ids`
+    is `stacked_ids`; each dictionary's new ids are numbered after its own largest index."""
+    tops = existing.groupBy(_TABLE).agg(F.max(_INDEX).cast("long").alias(_TOP))
+    candidates = ids.where(F.col(_ID).isNotNull() & ~F.col(_ID).rlike(BLANK)).distinct()
+    positions = in_key_order(candidates.join(existing.select(_TABLE, _ID), [_TABLE, _ID], "left_anti"))
+    # The positions run on across the dictionaries (sorted by table, then id): each
+    # dictionary counts from its own first position.
+    starts = positions.groupBy(_TABLE).agg(F.min(_POSITION).alias(_START))
     numbered = (
-        in_key_order(unseen_ids(existing, ids, key=key), key=key)
-        .crossJoin(top)
-        .withColumn(index, (F.col(_TOP) + F.col(_POSITION) + 1).cast("int"))
+        positions
+        .join(F.broadcast(starts), _TABLE)
+        .join(F.broadcast(tops), _TABLE, "left")
+        .withColumn(_INDEX, (F.coalesce(F.col(_TOP), F.lit(PADDING_IDX)) + F.col(_POSITION) - F.col(_START) + 1)
+                    .cast("int"))
         .withColumn(FIRST_SEEN, F.lit(day))
-        .select(key, index, FIRST_SEEN)
+        .select(_TABLE, _ID, _INDEX, FIRST_SEEN)
     )
-    return existing.select(key, index, FIRST_SEEN).unionByName(numbered)
+    return existing.select(_TABLE, _ID, _INDEX, FIRST_SEEN).unionByName(numbered)
 
 
-def in_key_order(keys: DataFrame, *, key: str) -> DataFrame:
-    """`keys[key]` (distinct, non-null) with `_position` 0, 1, ... in key order (Spark's
-    string order); the sort runs when this is called.
+def in_key_order(keys: DataFrame) -> DataFrame:
+    """`keys` (`_table`, `_id`; distinct, non-null) with `_position` 0, 1, ... in (table,
+    id) order (Spark's string order); the sort runs when this is called.
 
     Numbering in key order is what makes the indexes reproducible. The sort spreads the keys
     over range partitions and zipWithIndex counts each partition, then numbers it from the
@@ -219,8 +281,10 @@ def in_key_order(keys: DataFrame, *, key: str) -> DataFrame:
     partitions (on a first day, or a range cleaned at once, every id is new). The sorted
     shuffle is computed once and read by both passes, so they see the same partitions.
     """
-    schema = T.StructType([T.StructField(key, T.StringType(), False), T.StructField(_POSITION, T.LongType(), False)])
-    positions = keys.select(key).orderBy(key).rdd.map(lambda row: row[0]).zipWithIndex()
+    schema = T.StructType([T.StructField(_TABLE, T.StringType(), False), T.StructField(_ID, T.StringType(), False),
+                           T.StructField(_POSITION, T.LongType(), False)])
+    positions = (keys.select(_TABLE, _ID).orderBy(_TABLE, _ID).rdd
+                 .zipWithIndex().map(lambda pair: (pair[0][0], pair[0][1], pair[1])))
     return keys.sparkSession.createDataFrame(positions, schema)
 
 
