@@ -945,3 +945,32 @@ def test_readers_downstream_check_the_dictionary_they_read(spark, tiny_lake, tmp
     replace_snapshot(cfg, "dim_items", D2, [("i1", 1, D), ("i2", 1, D)])
     with pytest.raises(DictionaryError, match="dim_items dt=2026-11-02: index 1 is given to 2 ids"):
         read_vocabulary(spark, cfg, D2)
+
+
+@pytest.mark.parametrize("setting, tasks", [("0", 2), ("3", 3)], ids=["the-cores", "set"])
+def test_a_days_single_gz_file_is_parsed_by_several_tasks_with_every_line_kept(spark, tmp_path, setting, tasks):
+    cfg = tiny_config(tmp_path / "root", f"clean.parse_partitions={setting}")
+    lines = [event_line(event_id=f"e{n}") for n in range(40)] + ["not json", "not json", ""]
+    write_raw_day(cfg, D, lines)
+    read, quarantined = clean.read_day_lines(spark, cfg, D)
+    assert quarantined == []
+    assert read.rdd.getNumPartitions() == tasks  # one .gz file is one task as read; local[2] has 2 cores
+    assert Counter(r[LINE] for r in read.collect()) == Counter(lines)
+
+
+def test_dictionaries_stacked_are_each_numbered_after_their_own_largest_index(spark):
+    from recpipe.etl.dictionaries import CATEGORIES, number_new_ids, stacked, stacked_ids, unstacked
+
+    users = dictionary(spark, [("u5", 1, D), ("u1", 2, D)])
+    items = dictionary(spark, [("i1", 1, D), ("i2", 2, D), ("i3", 3, D), ("i4", 4, D)], key=ITEM_ID, index=ITEM_IDX)
+    categories = spark.createDataFrame([], CATEGORIES.schema)
+    new_ids = {USERS: spark.createDataFrame([("u3",), ("u1",), ("u0",)], "user_id string"),
+               ITEMS: spark.createDataFrame([("i0",), ("i9",), ("",)], "item_id string"),
+               CATEGORIES: spark.createDataFrame([("c2",), ("c1",)], "category string")}
+    numbered = number_new_ids(stacked({USERS: users, ITEMS: items, CATEGORIES: categories}), stacked_ids(new_ids),
+                              day=D2)
+    assert sorted(tuple(r) for r in unstacked(numbered, USERS).collect()) == [
+        ("u0", 3, D2), ("u1", 2, D), ("u3", 4, D2), ("u5", 1, D)]
+    assert sorted(tuple(r)[:2] for r in unstacked(numbered, ITEMS).collect()) == [
+        ("i0", 5), ("i1", 1), ("i2", 2), ("i3", 3), ("i4", 4), ("i9", 6)]
+    assert sorted(tuple(r)[:2] for r in unstacked(numbered, CATEGORIES).collect()) == [("c1", 1), ("c2", 2)]

@@ -170,6 +170,7 @@ class CleanConfig:
     events_files_per_day: int
     rejects_files_per_day: int
     snapshot_files_per_day: int
+    parse_partitions: int
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,21 @@ def read_range_lines(spark: SparkSession, cfg: Config, first: dt.date, last: dt.
         .withColumnRenamed("value", LINE)
         .select(LINE, F.col(DT).cast("date").alias(DT))  # `dt` from the folder names
     )
-    return lines, quarantined
+    return spread(lines, cfg), quarantined
+
+
+def spread(lines: DataFrame, cfg: Config) -> DataFrame:
+    """`lines` spread over `clean.parse_partitions` tasks where they come in fewer.
+
+    A `.gz` file cannot be split, so a day's single file is read by one task, and parsing
+    and checking every line would run on one core with the others idle. Spreading the
+    lines right after the read costs one shuffle of the raw text and lets every core
+    parse; lines read by enough tasks already (a range of many files) are left as read.
+    """
+    wanted = cfg.clean.parse_partitions or lines.sparkSession.sparkContext.defaultParallelism
+    if lines.rdd.getNumPartitions() >= wanted:
+        return lines
+    return lines.repartition(wanted, LINE)  # by hash: no sort of the text, as a round robin would need
 
 
 def classify(spark: SparkSession, cfg: Config, lines: DataFrame, *, first: dt.date,
@@ -273,6 +287,8 @@ def check_settings(settings: CleanConfig) -> None:
     for key in ("bot_window_minutes", "events_files_per_day", "rejects_files_per_day", "snapshot_files_per_day"):
         if getattr(settings, key) < 1:
             raise ConfigError(f"clean.{key} must be at least 1, got {getattr(settings, key)}")
+    if settings.parse_partitions < 0:
+        raise ConfigError(f"clean.parse_partitions must be 0 (the session's cores) or more, got {settings.parse_partitions}")
 
 
 def read_day_lines(spark: SparkSession, cfg: Config, date: dt.date) -> tuple[DataFrame, list[dict]]:
@@ -284,7 +300,7 @@ def read_day_lines(spark: SparkSession, cfg: Config, date: dt.date) -> tuple[Dat
     files, quarantined = check_files(spark, list_files(location))
     if not files:
         return spark.createDataFrame([], f"{LINE} string"), quarantined
-    return read_raw_lines(spark, *[f.location for f in files]), quarantined
+    return spread(read_raw_lines(spark, *[f.location for f in files]), cfg), quarantined
 
 
 def read_raw_catalogue(spark: SparkSession, cfg: Config) -> DataFrame:
