@@ -3,11 +3,14 @@ started each job.
 
     .venv/bin/python benchmarks/spark_profile.py clean [--conf conf/local.yaml] [--set k=v] [--date D] [--top 15]
     .venv/bin/python benchmarks/spark_profile.py clean-range --first 2026-11-01 [--date D]
+    .venv/bin/python benchmarks/spark_profile.py clean --warm    # the second run in one session
 
 On a data root where the nightly for D has run (it is run first where it has not), this
 reruns one Spark stage for D through the runner (`--force`, as `recpipe <stage> --force`),
 or `clean-range` for first..D, with Spark's event log on, in a new session (a cold JVM,
-as the nightly's first stage). Then it reads the log back and reports:
+as the nightly's first stage). With `--warm` it runs the stage twice in that session and
+profiles the second run alone: what each day costs when many days run in one session
+(a backfill, `benchmarks/etl_bench.py`). Then it reads the log back and reports:
 
 - the stage's wall seconds, and how many of them a Spark job was running (`in_jobs_s`);
   the rest is the driver alone (planning, file listing, Python, MLflow);
@@ -43,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_pipeline_args(parser)
     parser.add_argument("--first", type=parse_date, help="clean-range: the first day (default: the first generated)")
     parser.add_argument("--top", type=int, default=15, help="call sites listed")
+    parser.add_argument("--warm", action="store_true", help="profile a second run in the same session")
     parser.add_argument("--event-log-dir", help="keep the event log here (default: a temp dir)")
     return parser.parse_args(argv)
 
@@ -54,21 +58,23 @@ def with_event_log(args: argparse.Namespace, cfg, log_dir: str) -> argparse.Name
     return argparse.Namespace(**{**vars(args), "overrides": [*args.overrides, f"spark.extra={json.dumps(extra)}"]})
 
 
-def run_stage(args: argparse.Namespace, cfg, date) -> float:
-    """Wall seconds of the stage (or the range clean) for D, forced, in a new session."""
+def run_stage(args: argparse.Namespace, cfg, date) -> tuple[float, int]:
+    """Wall seconds of the stage (or the range clean) for D, forced, in a new session (its
+    second run there with `--warm`), and when that run started, in epoch milliseconds."""
     from recpipe import stages
     from recpipe.etl import clean
     from recpipe.runner import running
 
     with running(cfg, f"spark-profile {args.stage}") as runner:
-        started = time.perf_counter()
-        if args.stage == "clean-range":
-            clean.run_range(runner.spark, cfg, args.first or cfg.generate.dates[0], date)
-        else:
-            runner.run(stages.get(args.stage), date, force=True)
-        seconds = time.perf_counter() - started
+        for _ in range(2 if args.warm else 1):
+            started_ms, started = int(time.time() * 1000), time.perf_counter()
+            if args.stage == "clean-range":
+                clean.run_range(runner.spark, cfg, args.first or cfg.generate.dates[0], date)
+            else:
+                runner.run(stages.get(args.stage), date, force=True)
+            seconds = time.perf_counter() - started
         runner.spark.stop()
-    return seconds
+    return seconds, started_ms
 
 
 def has_inputs(cfg, stage: str, date) -> bool:
@@ -93,8 +99,9 @@ class Job:
     stages: int = 0
 
 
-def read_event_log(log_dir: str) -> dict:
-    """Jobs (with their call sites), stages, tasks and executor times from the newest log under `log_dir`."""
+def read_event_log(log_dir: str, since_ms: int = 0) -> dict:
+    """Jobs (with their call sites), stages, tasks and executor times from the newest log
+    under `log_dir`, of the jobs submitted and tasks launched from `since_ms` on."""
     log_file = max((p for p in Path(log_dir).iterdir() if p.is_file()), key=lambda p: p.stat().st_mtime)
     jobs, tasks, run_ms, cpu_ns, cores = {}, 0, 0, 0, 0
     with log_file.open() as lines:
@@ -102,11 +109,16 @@ def read_event_log(log_dir: str) -> dict:
             event = json.loads(line)
             kind = event["Event"]
             if kind == "SparkListenerJobStart":
+                if event["Submission Time"] < since_ms:
+                    continue
                 jobs[event["Job ID"]] = Job(job_site(event), event["Submission Time"],
                                             stages=len(event.get("Stage IDs", [])))
             elif kind == "SparkListenerJobEnd":
-                jobs[event["Job ID"]].ended_ms = event["Completion Time"]
+                if event["Job ID"] in jobs:
+                    jobs[event["Job ID"]].ended_ms = event["Completion Time"]
             elif kind == "SparkListenerTaskEnd":
+                if event["Task Info"]["Launch Time"] < since_ms:
+                    continue
                 tasks += 1
                 metrics = event.get("Task Metrics") or {}
                 run_ms += metrics.get("Executor Run Time", 0)
@@ -162,12 +174,12 @@ def main(argv: list[str] | None = None) -> None:
     os.makedirs(log_dir, exist_ok=True)
     profiled = with_event_log(args, cfg, log_dir)
     profiled_cfg, _ = pipeline_config(profiled)
-    wall_s = run_stage(profiled, profiled_cfg, date)
-    found = read_event_log(log_dir)
+    wall_s, started_ms = run_stage(profiled, profiled_cfg, date)
+    found = read_event_log(log_dir, since_ms=started_ms)
     jobs = found["jobs"]
     in_jobs_s = union_seconds([(job.started_ms, job.ended_ms) for job in jobs.values()])
     cores = found["cores"] or 1
-    print(f"# {args.stage} for {date}: {wall_s:.1f} s wall, {in_jobs_s:.1f} s with a Spark job running, "
+    print(f"# {args.stage} for {date}{' (warm: its second run)' if args.warm else ''}: {wall_s:.1f} s wall, {in_jobs_s:.1f} s with a Spark job running, "
           f"{len(jobs)} jobs, {sum(j.stages for j in jobs.values())} stages, {found['tasks']} tasks; executors "
           f"ran {found['run_s']:.1f} s ({found['cpu_s']:.1f} s CPU) on {cores} cores")
     print("| call site | jobs | seconds |\n|---|---|---|")
@@ -175,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {site} | {count} | {seconds} |")
     print(f"# event log: {log_dir}")
     print(summary_line({
-        "stage": args.stage, "wall_s": round(wall_s, 2), "in_jobs_s": round(in_jobs_s, 2),
+        "stage": args.stage, "warm": args.warm, "wall_s": round(wall_s, 2), "in_jobs_s": round(in_jobs_s, 2),
         "driver_only_s": round(wall_s - in_jobs_s, 2), "jobs": len(jobs),
         "stages": sum(j.stages for j in jobs.values()), "tasks": found["tasks"],
         "executor_run_s": round(found["run_s"], 2), "executor_cpu_s": round(found["cpu_s"], 2),

@@ -293,8 +293,8 @@ def test_a_worker_killed_mid_clean_is_survived_and_the_output_is_unchanged(kille
 
 
 def test_the_submitted_clean_ran_its_python_workers_from_the_packed_archive(cluster, killed_clean):
-    """clean's dictionaries number new ids in Python tasks (rdd.zipWithIndex), so its
-    executors start Python workers: with spark.pyspark.python=./env/bin/python there is no
+    """clean checks that each raw .gz file reads to its end in Python tasks (check_files), so
+    its executors start Python workers: with spark.pyspark.python=./env/bin/python there is no
     other Python they could have used, and each executor unpacked the archive as env/."""
     assert killed_clean["returncode"] == 0 and killed_clean["app"], killed_clean["output"][-3000:]
     executors = list((cluster["home"] / "run").glob(f"worker-*/{killed_clean['app']}/*"))

@@ -16,7 +16,7 @@ import functools
 from dataclasses import dataclass
 from typing import Mapping
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -29,8 +29,6 @@ from recpipe.schema import (
 )
 
 _TOP = "_top"
-_START = "_start"
-_POSITION = "_position"
 _AT = "_at"
 # The columns of several dictionaries stacked into one frame (`stacked`).
 _TABLE = "_table"
@@ -252,40 +250,28 @@ def stacked_ids(ids: Mapping[DictionarySpec, DataFrame]) -> DataFrame:
 
 def number_new_ids(existing: DataFrame, ids: DataFrame, *, day: dt.date) -> DataFrame:
     """`assign_new_indexes` for several dictionaries at once: `existing` is `stacked`, `ids`
-    is `stacked_ids`; each dictionary's new ids are numbered after its own largest index."""
+    is `stacked_ids`; each dictionary's new ids are numbered after its own largest index.
+
+    Numbering in id order (Spark's string order) is what makes the indexes reproducible.
+    One task per dictionary numbers its new ids: on a nightly day they are a few hundred,
+    and where every id is new (a first day, a range cleaned at once) Spark sorts them in
+    that task with spills to disk, as `StringIndexer` gathers every label on the driver.
+    A numbering spread over range partitions (zipWithIndex) took three more jobs and a
+    trip through Python workers on every day.
+    """
     tops = existing.groupBy(_TABLE).agg(F.max(_INDEX).cast("long").alias(_TOP))
     candidates = ids.where(F.col(_ID).isNotNull() & ~F.col(_ID).rlike(BLANK)).distinct()
-    positions = in_key_order(candidates.join(existing.select(_TABLE, _ID), [_TABLE, _ID], "left_anti"))
-    # The positions run on across the dictionaries (sorted by table, then id): each
-    # dictionary counts from its own first position.
-    starts = positions.groupBy(_TABLE).agg(F.min(_POSITION).alias(_START))
+    in_id_order = Window.partitionBy(_TABLE).orderBy(_ID)
     numbered = (
-        positions
-        .join(F.broadcast(starts), _TABLE)
-        .join(F.broadcast(tops), _TABLE, "left")
-        .withColumn(_INDEX, (F.coalesce(F.col(_TOP), F.lit(PADDING_IDX)) + F.col(_POSITION) - F.col(_START) + 1)
+        candidates
+        .join(existing.select(_TABLE, _ID), [_TABLE, _ID], "left_anti")
+        .join(F.broadcast(tops), _TABLE, "left")  # a row per dictionary
+        .withColumn(_INDEX, (F.coalesce(F.col(_TOP), F.lit(PADDING_IDX)) + F.row_number().over(in_id_order))
                     .cast("int"))
         .withColumn(FIRST_SEEN, F.lit(day))
         .select(_TABLE, _ID, _INDEX, FIRST_SEEN)
     )
     return existing.select(_TABLE, _ID, _INDEX, FIRST_SEEN).unionByName(numbered)
-
-
-def in_key_order(keys: DataFrame) -> DataFrame:
-    """`keys` (`_table`, `_id`; distinct, non-null) with `_position` 0, 1, ... in (table,
-    id) order (Spark's string order); the sort runs when this is called.
-
-    Numbering in key order is what makes the indexes reproducible. The sort spreads the keys
-    over range partitions and zipWithIndex counts each partition, then numbers it from the
-    sum of the counts before it: no task holds every key, as under a window without
-    partitions (on a first day, or a range cleaned at once, every id is new). The sorted
-    shuffle is computed once and read by both passes, so they see the same partitions.
-    """
-    schema = T.StructType([T.StructField(_TABLE, T.StringType(), False), T.StructField(_ID, T.StringType(), False),
-                           T.StructField(_POSITION, T.LongType(), False)])
-    positions = (keys.select(_TABLE, _ID).orderBy(_TABLE, _ID).rdd
-                 .zipWithIndex().map(lambda pair: (pair[0][0], pair[0][1], pair[1])))
-    return keys.sparkSession.createDataFrame(positions, schema)
 
 
 def snapshot_as_of(dictionary: DataFrame, ids: DataFrame, *, key: str, day: dt.date) -> DataFrame:
