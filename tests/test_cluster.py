@@ -265,7 +265,8 @@ def killed_clean(spark, cluster, packed_env, tmp_path_factory):
     deadline = time.monotonic() + 600
     for line in process.stdout:
         output.append(line)
-        if not killed and "Starting task" in line and "stage 4." in line:  # tasks on both executors by now
+        started = re.search(r"Starting task \S+ in stage (\d+)\.", line)
+        if not killed and started and int(started.group(1)) >= 4:  # tasks on both executors by now
             os.kill(victim, signal.SIGKILL)
             killed = True
         if time.monotonic() > deadline:
