@@ -687,6 +687,11 @@ def test_required_fields_are_checked(spark, make_config, fields, message):
         clean.run(spark, make_config(f"clean.required_fields={fields}"), D)
 
 
+def test_a_negative_parse_partitions_is_refused_naming_the_key(spark, make_config):
+    with pytest.raises(ConfigError, match=r"clean.parse_partitions must be 0 \(the session's cores\) or more, got -1"):
+        clean.run(spark, make_config("clean.parse_partitions=-1"), D)
+
+
 # --- the job on generated data ----------------------------------------------------------------
 
 GENERATED = [

@@ -389,16 +389,15 @@ def write_snapshots(spark: SparkSession, cfg: Config, snapshots: DataFrame,
     snapshots = persist(snapshots, cfg)
     try:
         stats = stacked_stats(snapshots, date)
-        for spec in DICTIONARIES:  # all checked before any is written: a failure is a bug
-            if stats[spec.table]["rows"]:
-                require_dense(unstacked(snapshots, spec), spec, date, stats[spec.table])
-        for spec in DICTIONARIES:
-            if stats[spec.table]["rows"]:
-                io.write_days(io.with_day(unstacked(snapshots, spec), date), cfg, spec.table,
-                              files=cfg.clean.snapshot_files_per_day)
+        holding = [spec for spec in DICTIONARIES if stats[spec.table]["rows"]]
+        for spec in holding:  # all checked before any is written: a failure is a bug
+            require_dense(unstacked(snapshots, spec), spec, date, stats[spec.table])
+        for spec in holding:
+            io.write_days(io.with_day(unstacked(snapshots, spec), date), cfg, spec.table,
+                          files=cfg.clean.snapshot_files_per_day)
     finally:
         snapshots.unpersist()
-    written = {spec: read_snapshot(spark, cfg, spec, date, check=False) if stats[spec.table]["rows"]
+    written = {spec: read_snapshot(spark, cfg, spec, date, check=False) if spec in holding
                else spark.createDataFrame([], spec.schema) for spec in DICTIONARIES}
     return written, {spec: stats[spec.table]["new"] for spec in DICTIONARIES}
 

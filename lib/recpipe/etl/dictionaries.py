@@ -218,10 +218,12 @@ def check_extends_previous(spark: SparkSession, cfg: Config,
                           "same index")
 
 
-def unseen_ids(existing: DataFrame, ids: DataFrame, *, key: str) -> DataFrame:
-    """Distinct non-blank values of `ids[key]` that `existing` does not hold yet."""
-    candidates = ids.select(key).where(F.col(key).isNotNull() & ~F.col(key).rlike(BLANK)).distinct()
-    return candidates.join(existing.select(key), key, "left_anti")
+def unseen_ids(existing: DataFrame, ids: DataFrame, *, key: str, within: tuple[str, ...] = ()) -> DataFrame:
+    """Distinct non-blank values of `ids[key]` that `existing` does not hold yet (with
+    `within`, per value of those columns too: `_table` of `stacked` dictionaries)."""
+    columns = [*within, key]
+    candidates = ids.select(columns).where(F.col(key).isNotNull() & ~F.col(key).rlike(BLANK)).distinct()
+    return candidates.join(existing.select(columns), columns, "left_anti")
 
 
 def assign_new_indexes(existing: DataFrame, ids: DataFrame, *, key: str, index: str, day: dt.date) -> DataFrame:
@@ -260,11 +262,9 @@ def number_new_ids(existing: DataFrame, ids: DataFrame, *, day: dt.date) -> Data
     trip through Python workers on every day.
     """
     tops = existing.groupBy(_TABLE).agg(F.max(_INDEX).cast("long").alias(_TOP))
-    candidates = ids.where(F.col(_ID).isNotNull() & ~F.col(_ID).rlike(BLANK)).distinct()
     in_id_order = Window.partitionBy(_TABLE).orderBy(_ID)
     numbered = (
-        candidates
-        .join(existing.select(_TABLE, _ID), [_TABLE, _ID], "left_anti")
+        unseen_ids(existing, ids, key=_ID, within=(_TABLE,))
         .join(F.broadcast(tops), _TABLE, "left")  # a row per dictionary
         .withColumn(_INDEX, (F.coalesce(F.col(_TOP), F.lit(PADDING_IDX)) + F.row_number().over(in_id_order))
                     .cast("int"))
