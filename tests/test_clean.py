@@ -647,6 +647,16 @@ def test_the_job_persists_its_lines_at_the_configured_level_and_refuses_an_unkno
     assert files_and_times() == before  # refused before anything under the root was written
 
 
+def test_persisted_frames_are_cached_without_column_encoding_unless_the_profile_asks(spark, make_config):
+    # Encoding the cached columns was a quarter of clean's CPU at 1 M lines (docs/benchmarks.md).
+    from recpipe.spark import session_settings
+
+    key = "spark.sql.inMemoryColumnarStorage.compressed"
+    assert spark.conf.get(key) == "false"  # the suite's session, built by get_spark from the local profile
+    assert session_settings(make_config())[key] == "false"
+    assert session_settings(make_config("spark.cache_compressed=true"))[key] == "true"
+
+
 def test_a_day_with_nothing_accepted_replaces_stale_events(spark, tiny_lake, tmp_path):
     cfg = copy_lake(tiny_lake, tmp_path)
     write_raw_day(cfg, D2, ["garbage", "{"])

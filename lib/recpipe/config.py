@@ -88,6 +88,7 @@ class SparkConfig:
     shuffle_partitions: int
     driver_memory: str
     persist_level: str
+    cache_compressed: bool
     local_dir: str
     extra: dict
 

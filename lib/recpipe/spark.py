@@ -24,6 +24,7 @@ def session_settings(cfg: Config) -> dict[str, str]:
         # A rerun for day D replaces only the dt=D partition.
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.sql.parquet.compression.codec": "zstd",
+        "spark.sql.inMemoryColumnarStorage.compressed": str(cfg.spark.cache_compressed).lower(),
     }
     if cfg.spark.local_dir:
         settings["spark.local.dir"] = cfg.spark.local_dir
