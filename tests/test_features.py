@@ -669,3 +669,32 @@ def test_rerun_is_identical_and_the_next_day_leaves_d_alone(spark, lake):
     assert run(spark, cfg, D) == lake["summary"]
     assert {name: checksum(day_folder(cfg, name, D)) for name in tables} == first
     assert read_meta(cfg, D) == meta
+
+
+def test_the_stage_keeps_its_frames_at_the_configured_level_and_releases_them(spark, lake, monkeypatch):
+    # Off the heap by default (DISK_ONLY): with a local master the executors share the driver's heap.
+    from pyspark import StorageLevel
+    from recpipe.config import load_config
+    from recpipe.etl import features
+
+    kept = []
+
+    def recorded(frame, cfg):
+        kept.append(real_persist(frame, cfg))
+        return kept[-1]
+
+    real_persist = features.persist
+    monkeypatch.setattr(features, "persist", recorded)
+    cfg = load_config(LOCAL_CONF, [f"paths.root={lake['cfg'].paths.root}", *E2E_OVERRIDES,
+                                   "spark.persist_level=MEMORY_ONLY"])
+    levels = []  # of the kept frames, seen at each table's write
+
+    def write_table(*args, real=features.write_table):
+        levels.extend(frame.storageLevel for frame in kept)
+        return real(*args)
+
+    monkeypatch.setattr(features, "write_table", write_table)
+    assert features.run(spark, cfg, D) == lake["summary"]  # the same outputs as at the default level
+    assert len(kept) == 3  # the events, the per-(user, day) and the per-(item, day) features
+    assert len(levels) == 9 and all(level == StorageLevel.MEMORY_ONLY for level in levels)
+    assert all(not frame.is_cached for frame in kept)  # released when the stage ends

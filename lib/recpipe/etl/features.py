@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -66,6 +65,7 @@ from recpipe.schema import (
     USER_IDX,
     require_columns,
 )
+from recpipe.spark import persist
 from recpipe.stage import Partition, Stage, days, total
 
 log = logging.getLogger("recpipe.features")
@@ -225,7 +225,7 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     first_day, last_day = event_days(cfg, date)
     # Interactions, impressions, daily activity and labels all scan the events: read them once.
     events = read_events(spark, cfg, first_day, last_day, until_ms=eval_end_ms + fc.attribution_minutes * 60_000)
-    events = events.persist(StorageLevel.MEMORY_AND_DISK)
+    events = persist(events, cfg)
     kept = [events]  # what the stage persisted: unpersisted however it ends
     try:
         catalogue_days = read_catalogue_days(spark, cfg, sample_days(cfg, date))
@@ -256,7 +256,7 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
             shares = impression_category_shares(daily_category_counts(shown, item_categories, categories), user_days,
                                                 categories, fc.lookback_days)
             user_asof = with_category_shares(user_asof, shares, categories)
-        user_asof = user_asof.persist(StorageLevel.MEMORY_AND_DISK)
+        user_asof = persist(user_asof, cfg)
         kept.append(user_asof)
         item_asof = item_features_as_of(
             daily_items,
@@ -264,7 +264,8 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
             catalogue_days,
             windows,
             fc.lookback_days,
-        ).persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        item_asof = persist(item_asof, cfg)
         kept.append(item_asof)
         favourites = favourite_categories(interactions, cutoff_ms, max(windows), fc.top_categories)
         users = build_user_features(user_asof, user_targets, favourites, cutoff_day, windows, fc.top_categories)
