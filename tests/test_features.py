@@ -679,12 +679,11 @@ def test_the_stage_keeps_its_frames_at_the_configured_level_and_releases_them(sp
 
     kept = []
 
-    def recorded(frame, cfg):
-        kept.append(real_persist(frame, cfg))
+    def persist(frame, cfg, real=features.persist):
+        kept.append(real(frame, cfg))
         return kept[-1]
 
-    real_persist = features.persist
-    monkeypatch.setattr(features, "persist", recorded)
+    monkeypatch.setattr(features, "persist", persist)
     cfg = load_config(LOCAL_CONF, [f"paths.root={lake['cfg'].paths.root}", *E2E_OVERRIDES,
                                    "spark.persist_level=MEMORY_ONLY"])
     levels = []  # of the kept frames, seen at each table's write
@@ -694,7 +693,7 @@ def test_the_stage_keeps_its_frames_at_the_configured_level_and_releases_them(sp
         return real(*args)
 
     monkeypatch.setattr(features, "write_table", write_table)
-    assert features.run(spark, cfg, D) == lake["summary"]  # the same outputs as at the default level
+    assert features.run(spark, cfg, D) == lake["summary"]  # the same rows per table and split as at the default level
     assert len(kept) == 3  # the events, the per-(user, day) and the per-(item, day) features
     assert len(levels) == 9 and all(level == StorageLevel.MEMORY_ONLY for level in levels)
     assert all(not frame.is_cached for frame in kept)  # released when the stage ends
