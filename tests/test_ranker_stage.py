@@ -191,7 +191,8 @@ def test_every_epoch_left_a_checkpoint_with_the_model_and_resolved_config(traine
     cfg, D, summary = trained
     for name in ("attention", "mean"):
         state = checkpoints.load(checkpoints.latest(checkpoint_dir(cfg, D, name)))
-        assert state["epoch"] == 3 and state["step"] == 3 * steps_per_epoch(summary["rows"]["train"], 1024)
+        assert state["epoch"] == 3 and state["step"] == 3 * steps_per_epoch(summary["rows"]["train"],
+                                                                          cfg.ranker.batch_size)
         assert state["model_config"]["pooling"] == name
         assert state["config"]["ranker"]["epochs"] == 3
 
@@ -261,7 +262,7 @@ def test_a_rank_killed_mid_training_fails_clearly_keeps_champion_and_resume_comp
     resumed = stage.run(spark, load_config(LOCAL_CONF, [*settings, "ranker.resume=true"]), D)
     final = checkpoints.load(checkpoints.latest(folder))
     assert final["epoch"] == 2 and final["step"] == resumed["attention_steps"] == 2 * steps_per_epoch(
-        resumed["rows"]["train"], 1024)
+        resumed["rows"]["train"], cfg.ranker.batch_size)
     assert open(first, "rb").read() == first_bytes  # epoch 1 was not trained again
     assert resumed["version"] != summary["version"]
     assert str(client.get_model_version_by_alias("attention-ranker", "champion").version) == summary["version"]
