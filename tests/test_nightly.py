@@ -366,6 +366,33 @@ def test_the_score_stage_gives_the_consumer_pyfuncs_scores(spark, scenario):
     assert consumer == pytest.approx(rows["score"].to_numpy(), abs=1e-6)
 
 
+def test_the_gate_scores_every_row_as_the_pyfunc_does_and_checks_its_first_rows_against_the_signature(
+        spark, scenario):
+    """promote scores all of D's test rows without MLflow's per-row signature check and the
+    first `promote.checked_rows` with it; rows there that the signature refuses fail the
+    version, though the scorer alone would have scored them (integer ids are unknown ids)."""
+    import mlflow
+    import numpy as np
+    from recpipe.registry import promote
+    from recpipe.tracking import tracking_uri
+
+    cfg, D = scenario["cfg"], scenario["D"]
+    _, frame = promote.gate_rows(spark, cfg, D)
+    version = scenario["after_first"]["champion"]
+    mlflow.set_tracking_uri(tracking_uri(cfg))
+    errors: dict[str, str] = {}
+    gate = promote.predict(version, frame, errors, "challenger", checked_rows=20)
+    assert not errors and len(gate) == len(frame) > 20
+    assert gate == pytest.approx(mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}").predict(frame).to_numpy(),
+                                 abs=1e-6)
+
+    refused = frame.copy()
+    refused.at[refused.index[5], "history"] = [1, 2]  # Array(string) in the signature
+    assert np.isfinite(promote.predict(version, refused, errors, "challenger", checked_rows=5)).all() and not errors
+    scores = promote.predict(version, refused, errors, "challenger", checked_rows=20)
+    assert np.isnan(scores).all() and "challenger" in errors and "schema" in errors["challenger"].lower()
+
+
 def test_the_notebooks_run_top_to_bottom_on_a_nightly_root_and_draw(scenario, monkeypatch):
     """The three notebooks on the nightly's outputs for D (not a whole-history cut-off): the
     generator's manifest stands in for the ingest report, and only attention was trained."""

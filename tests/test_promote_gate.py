@@ -62,6 +62,16 @@ def test_a_margin_that_is_not_finite_and_at_least_zero_is_a_config_error(make_co
         decide(scored(0.51, 0.51), scored(0.90, 0.90), BASELINES, rules)
 
 
+def test_checking_no_row_against_the_signature_is_a_config_error(make_config):
+    import datetime as dt
+
+    from recpipe.errors import ConfigError
+    from recpipe.registry import promote
+
+    with pytest.raises(ConfigError, match="promote.checked_rows must be at least 1"):  # before any read
+        promote.run(None, make_config("promote.checked_rows=0"), dt.date(2026, 11, 14))
+
+
 def test_score_summary_counts_nan_rows_and_scores_the_rest():
     labels = np.array([1, 0, 1, 0, 1, 0])
     users = np.array([1, 1, 2, 2, 3, 3])

@@ -296,6 +296,7 @@ class PromoteConfig:
     min_gauc_gain: float
     min_auc_gain: float
     split: str
+    checked_rows: int = 1000
 
 
 @dataclass(frozen=True)

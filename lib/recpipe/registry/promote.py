@@ -20,7 +20,7 @@ from pyspark.sql import SparkSession
 from recpipe import paths
 from recpipe.baselines import baseline_scores, popularity_index
 from recpipe.config import Config
-from recpipe.errors import DataError
+from recpipe.errors import ConfigError, DataError
 from recpipe.etl.samples import read_meta
 from recpipe.etl.vocabulary import read_vocabulary, vocabulary_reads
 from recpipe.names import CHALLENGER, CHAMPION, PREVIOUS, RANKER_EXPERIMENT, RANKER_MODEL
@@ -84,6 +84,9 @@ def trained_version(client, date: dt.date, model: str = RANKER_MODEL) -> str:
 def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     """Score champion and challenger on D's held-out rows, decide, move aliases, record."""
     check_margins(cfg.promote)
+    if cfg.promote.checked_rows < 1:
+        raise ConfigError(f"promote.checked_rows must be at least 1, got {cfg.promote.checked_rows}: the gate scores "
+                          "that many rows as a consumer calls the model, with MLflow's signature check")
     client = client_for(cfg)
     challenger = challenger_for(client, date)
     champion = version_by_alias(client, CHAMPION)
@@ -98,9 +101,9 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     arrays, frame = gate_rows(spark, cfg, date)
     labels, users = arrays["label"], arrays["user_idx"]
     errors: dict[str, str] = {}
-    scored = {"challenger": score_summary(labels, users, predict(challenger.version, frame, errors, "challenger"))}
-    if champion is not None:
-        scored["champion"] = score_summary(labels, users, predict(champion.version, frame, errors, "champion"))
+    versions = {"challenger": challenger, **({"champion": champion} if champion is not None else {})}
+    scored = {who: score_summary(labels, users, predict(v.version, frame, errors, who, cfg.promote.checked_rows))
+              for who, v in versions.items()}
     baselines = {name: score_summary(labels, users, values)
                  for name, values in baseline_scores(arrays, popularity_index(cfg.ranker, read_meta(cfg, date), date)).items()}
     decision = decide(scored["challenger"], scored.get("champion"), baselines, cfg.promote)
@@ -140,20 +143,31 @@ def gate_rows(spark: SparkSession, cfg: Config, date: dt.date):
     return arrays, consumer_frame(arrays, names)
 
 
-def predict(version: str, frame, errors: dict[str, str], who: str) -> np.ndarray:
-    """Scores of a registered version, loaded as consumers load it. If it cannot be loaded
-    or fails to score, NaN rows (so its scores are incomplete and nothing is promoted),
-    with the error kept under `errors[who]` for the version's tags."""
+def predict(version: str, frame, errors: dict[str, str], who: str, checked_rows: int) -> np.ndarray:
+    """Scores of a registered version, loaded as consumers load it.
+
+    The first `checked_rows` rows are scored through the loaded pyfunc's `predict`, as a
+    consumer calls it: MLflow checks them against the signature. Every row is then scored
+    by the same loaded model without that check, which converts each row's array columns
+    one by one (81 % of the consumer path's time on the gate's rows), and the checked rows
+    must score the same both ways. If the version cannot be loaded, fails to score or
+    disagrees with itself: NaN rows (so its scores are incomplete and nothing is
+    promoted), with the error kept under `errors[who]` for the version's tags.
+    """
     import mlflow
 
     try:
         model = mlflow.pyfunc.load_model(f"models:/{RANKER_MODEL}/{version}")
-        out = model.predict(frame)
+        checked = np.asarray(model.predict(frame.iloc[:checked_rows]), dtype=np.float64).reshape(-1)
+        out = np.asarray(model.unwrap_python_model().predict(None, frame), dtype=np.float64).reshape(-1)
+        if len(out) != len(frame) or not np.allclose(checked, out[:len(checked)], rtol=1e-5, atol=1e-6):
+            raise ValueError(f"{len(out)} scores for {len(frame)} rows, or scores of the first {len(checked)} rows "
+                             "differ between the pyfunc's predict and its model's")
     except Exception as err:
         log.error("%s version %s could not score the gate's rows: %s", who, version, err)
         errors[who] = f"{type(err).__name__}: {err}"[:1000]
         return np.full(len(frame), np.nan)
-    return np.asarray(out, dtype=np.float64).reshape(-1)
+    return out
 
 
 def record(client, date: dt.date, challenger, champion, scored: Mapping[str, Scored],
