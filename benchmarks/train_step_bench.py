@@ -73,7 +73,9 @@ def time_steps(model_config: dict, arrays: dict, batch: int, steps: int, compile
     forward = torch.compile(model) if compiled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss_fn = nn.BCEWithLogitsLoss()
-    batches = list(tensor_batches(arrays, batch, TRAIN_COLUMNS))[:-1]  # whole batches only
+    batches = [b for b in tensor_batches(arrays, batch, TRAIN_COLUMNS) if len(b[LABEL]) == batch]  # whole ones
+    if not batches:
+        raise SystemExit(f"{len(arrays[LABEL])} train rows: fewer than one batch of {batch}")
     wanted = WARMUP_STEPS + steps
     batches = (batches * (wanted // max(len(batches), 1) + 1))[:wanted]
 
