@@ -69,12 +69,12 @@ def main(argv: list[str] | None = None) -> None:
     version = promote.version_by_alias(promote.client_for(cfg), CHAMPION).version
     model = mlflow.pyfunc.load_model(f"models:/{RANKER_MODEL}/{version}")
     inner = model.unwrap_python_model()
+    errors: dict[str, str] = {}
     ways = {
         "consumer": lambda: model.predict(frame),
         "gate": lambda: promote.predict(version, frame, errors, "champion", cfg.promote.checked_rows),
         "model_only": lambda: inner.predict(None, frame),
     }
-    errors: dict[str, str] = {}
     print(f"# D = {date}: {len(frame):,} gate rows, champion version {version}, "
           f"promote.checked_rows {cfg.promote.checked_rows}", flush=True)
     best: dict[str, float] = {}

@@ -8,7 +8,7 @@ import pytest
 from recpipe.config import PromoteConfig
 from recpipe.registry.gate import Scored, decide, score_summary
 
-RULES = PromoteConfig(min_gauc_gain=0.01, min_auc_gain=0.0, split="test")
+RULES = PromoteConfig(min_gauc_gain=0.01, min_auc_gain=0.0, split="test", checked_rows=1000)
 
 
 def scored(auc: float, gauc: float, nan: int = 0, coverage: float = 1.0) -> Scored:

@@ -296,7 +296,7 @@ class PromoteConfig:
     min_gauc_gain: float
     min_auc_gain: float
     split: str
-    checked_rows: int = 1000
+    checked_rows: int
 
 
 @dataclass(frozen=True)

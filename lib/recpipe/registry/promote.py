@@ -149,7 +149,7 @@ def predict(version: str, frame, errors: dict[str, str], who: str, checked_rows:
     The first `checked_rows` rows are scored through the loaded pyfunc's `predict`, as a
     consumer calls it: MLflow checks them against the signature. Every row is then scored
     by the same loaded model without that check, which converts each row's array columns
-    one by one (81 % of the consumer path's time on the gate's rows), and the checked rows
+    one by one (91 % of the consumer path's time on the gate's rows), and the checked rows
     must score the same both ways. If the version cannot be loaded, fails to score or
     disagrees with itself: NaN rows (so its scores are incomplete and nothing is
     promoted), with the error kept under `errors[who]` for the version's tags.
