@@ -366,6 +366,33 @@ def test_the_score_stage_gives_the_consumer_pyfuncs_scores(spark, scenario):
     assert consumer == pytest.approx(rows["score"].to_numpy(), abs=1e-6)
 
 
+def test_score_gathers_each_users_candidates_in_tasks_of_a_bounded_share(spark, scenario):
+    """Each user's candidates are gathered into one row (a sort of the task's whole share)
+    by tasks holding about `spark.list_rows_per_task` candidates each, however few files
+    hold them (two read tasks at 1 M lines a day ran a 4g heap out); none is lost."""
+    import dataclasses
+
+    from pyspark.sql import functions as F
+    from recpipe import io
+    from recpipe.errors import ConfigError
+    from recpipe.registry.score import CANDIDATES, user_rows
+
+    cfg, D = scenario["cfg"], scenario["D"]
+    candidates = io.read_path(spark, io.location(cfg, "als_candidates", D))
+    everyone = candidates.count()
+    per_task = everyone // 50  # without the bound: the test session's 4 shuffle partitions, everyone / 4 each
+    bounded = dataclasses.replace(cfg, spark=dataclasses.replace(cfg.spark, list_rows_per_task=per_task))
+    users = user_rows(spark, bounded, D, exclude_history=False)
+    shares = (users.groupBy(F.spark_partition_id().alias("task")).agg(F.sum(F.size(CANDIDATES)).alias("candidates"))
+              .toPandas()["candidates"])
+    assert shares.sum() == everyone and users.count() == candidates.select("user_idx").distinct().count()
+    assert shares.max() <= 2 * per_task
+
+    never = dataclasses.replace(cfg, spark=dataclasses.replace(cfg.spark, list_rows_per_task=0))
+    with pytest.raises(ConfigError, match="spark.list_rows_per_task"):
+        user_rows(spark, never, D, exclude_history=False)
+
+
 def test_the_gate_scores_every_row_as_the_pyfunc_does_and_checks_its_first_rows_against_the_signature(
         spark, scenario):
     """promote scores all of D's test rows without MLflow's per-row signature check and the

@@ -89,6 +89,7 @@ class SparkConfig:
     driver_memory: str
     persist_level: str
     cache_compressed: bool
+    list_rows_per_task: int
     local_dir: str
     extra: dict
 

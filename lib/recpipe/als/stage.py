@@ -19,7 +19,7 @@ from recpipe.errors import ConfigError
 from recpipe.names import ALS_EXPERIMENT, ALS_MODEL
 from recpipe.schema import ALS_SCORE, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recpipe.splits import parquet_rows
-from recpipe.spark import blas_implementation
+from recpipe.spark import blas_implementation, list_partitions
 from recpipe.stage import Partition, Stage, days
 from recpipe.timing import Parts
 
@@ -141,8 +141,12 @@ def evaluate(
         relevant = relevant.join(candidates.select(USER_IDX).distinct(), USER_IDX)
     relevant = relevant.cache()
     catalogue_size = catalogue_items(spark, cfg, date)
+    # Only the evaluated users' lists count (the metrics join them to `relevant`), and no
+    # task gathers more than about `spark.list_rows_per_task` candidates into lists.
+    evaluated = (candidates.join(relevant.select(USER_IDX), USER_IDX, "left_semi")
+                 .repartition(list_partitions(candidates, cfg), USER_IDX))
     methods = {
-        "als": ranked_lists(candidates, ALS_SCORE, max(ks)),
+        "als": ranked_lists(evaluated, ALS_SCORE, max(ks)),
         "popularity": popularity_lists(
             interactions, seen if cfg.als.exclude_seen else seen.limit(0), relevant.select(USER_IDX), max(ks)
         ),
