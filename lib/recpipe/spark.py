@@ -55,17 +55,16 @@ def persist(frame: DataFrame, cfg: Config) -> DataFrame:
     return frame.persist(persist_level(cfg))
 
 
-def list_partitions(frame: DataFrame, cfg: Config) -> int:
-    """Partitions for grouping `frame`'s rows into lists (`collect_list` by user): enough
-    that no task groups more than about `spark.list_rows_per_task` rows, and one per
-    core at least. Past a few keys, Spark's `collect_list` sorts a task's whole share, so
-    left alone the share is whatever the read tasks hold: at 1 M lines a day, two tasks of
-    18.9 M candidates each, whose 512 MB sort arrays ran a 4g heap out. Counts `frame`:
-    give it a plain Parquet read, which Spark counts from the files' footers."""
+def list_partitions(spark: SparkSession, rows: int, cfg: Config) -> int:
+    """Partitions for grouping `rows` rows into lists (`collect_list` by user): enough that
+    no task groups more than about `spark.list_rows_per_task` rows, and one per core at
+    least. Past a few keys, Spark's `collect_list` sorts a task's whole share, so left
+    alone the share is whatever the read tasks hold: at 1 M lines a day, two tasks of
+    18.9 M candidates each, whose 512 MB sort arrays ran a 4g heap out."""
     per_task = cfg.spark.list_rows_per_task
     if per_task < 1:
         raise ConfigError(f"spark.list_rows_per_task must be at least 1, got {per_task}")
-    return max(frame.sparkSession.sparkContext.defaultParallelism, math.ceil(frame.count() / per_task))
+    return max(spark.sparkContext.defaultParallelism, math.ceil(rows / per_task))
 
 
 def get_spark(cfg: Config, stage: str) -> SparkSession:

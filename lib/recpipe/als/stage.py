@@ -70,11 +70,12 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     candidates = io.read_path(spark, location)
 
     with parts("metrics"):
-        metrics = evaluate(spark, cfg, date, events, interactions, seen, candidates)
+        candidate_rows = parquet_rows(location)
+        metrics = evaluate(spark, cfg, date, events, interactions, seen, candidates, candidate_rows)
         summary = {
             "interactions": interactions.count(),
             "users_with_factors": model.userFactors.count(),
-            "candidate_rows": parquet_rows(location),
+            "candidate_rows": candidate_rows,
             **metrics,
         }
     with parts("mlflow"):
@@ -132,6 +133,7 @@ def evaluate(
     interactions: DataFrame,
     seen: DataFrame,
     candidates: DataFrame,
+    candidate_rows: int,
 ) -> dict[str, float]:
     """ALS, popularity and (on generated data) the oracle, on the users active in the
     evaluation days (`als.eval_users: warm`: only those of them with a factor)."""
@@ -144,7 +146,7 @@ def evaluate(
     # Only the evaluated users' lists count (the metrics join them to `relevant`), and no
     # task gathers more than about `spark.list_rows_per_task` candidates into lists.
     evaluated = (candidates.join(relevant.select(USER_IDX), USER_IDX, "left_semi")
-                 .repartition(list_partitions(candidates, cfg), USER_IDX))
+                 .repartition(list_partitions(spark, candidate_rows, cfg), USER_IDX))
     methods = {
         "als": ranked_lists(evaluated, ALS_SCORE, max(ks)),
         "popularity": popularity_lists(

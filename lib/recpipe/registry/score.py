@@ -39,6 +39,7 @@ from recpipe.registry.promote import client_for, version_by_alias
 from recpipe.schema import HIST_ITEMS, ITEM_ID, ITEM_IDX, USER_ID, USER_IDX
 from recpipe.serving.columns import ALS_SCORE, HISTORY, ITEM_DENSE, USER_DENSE, dense_column
 from recpipe.spark import list_partitions
+from recpipe.splits import parquet_rows
 from recpipe.stage import Partition, Stage
 from recpipe.tracking import tracking_uri
 
@@ -114,7 +115,7 @@ def user_rows(spark: SparkSession, cfg: Config, date: dt.date, exclude_history: 
     if not io.table_exists(cfg, "sequences", date):
         raise DataError(f"score {date}: no sequences for {date}; run `recpipe features --date {date}`")
     sequences = io.read_day(spark, cfg, "sequences", date).select(USER_IDX, HIST_ITEMS)
-    partitions = list_partitions(candidates, cfg)  # counted before the anti join: from the files' footers
+    partitions = list_partitions(spark, parquet_rows(candidates_at), cfg)  # before the anti join: an upper bound
     if exclude_history:
         interacted = sequences.select(USER_IDX, F.explode(HIST_ITEMS).alias(ITEM_IDX)).where(F.col(ITEM_IDX) > 0)
         candidates = candidates.join(interacted, [USER_IDX, ITEM_IDX], "left_anti")
