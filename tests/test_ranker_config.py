@@ -25,6 +25,7 @@ def test_train_takes_resume_as_an_override_and_the_defaults_load(make_config):
     ("ranker.batch_size=1023", "ranker.batch_size"),
     ("ranker.epochs=0", "ranker.epochs"),
     ("ranker.dropout=1.0", "ranker.dropout"),
+    ("ranker.input_rows_per_file=0", "ranker.input_rows_per_file"),
 ])
 def test_a_value_that_cannot_work_is_an_error_naming_its_key(make_config, override, key):
     from recpipe.ranker.settings import check_config

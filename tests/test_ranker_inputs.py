@@ -86,9 +86,10 @@ def test_ranker_input_is_written_per_split_with_scores_and_train_statistics(spar
     from recpipe import io, tables
     from recpipe.etl import samples as S
     from recpipe.ranker.inputs import build_ranker_input, split_location
-    from recpipe.splits import parquet_rows, read_split, row_groups
+    from recpipe.splits import iter_split, parquet_rows, read_split, row_groups
 
-    cfg = make_config("features.min_files_per_split=3")
+    # At most 8 rows a file: the 40 train rows take 5 files, more than min_files_per_split.
+    cfg = make_config("features.min_files_per_split=3", "ranker.input_rows_per_file=8")
     rng = np.random.default_rng(0)
     rows = (sample_rows(rng, 40, "train", [day(2), day(1)]) + sample_rows(rng, 10, "valid", [D])
             + sample_rows(rng, 12, "test", [D]))
@@ -115,6 +116,18 @@ def test_ranker_input_is_written_per_split_with_scores_and_train_statistics(spar
         assert parquet_rows(split_location(cfg, D, split)) == n
         assert row_groups(split_location(cfg, D, split)) >= 3  # Petastorm shards by row group
     train = read_split(split_location(cfg, D, "train"))
+    # Rows are dealt round-robin from a random start, so a file can hold a row more than its
+    # even share and spill it into a file of its own: at least 5 files, none above 8 rows.
+    groups = row_groups(split_location(cfg, D, "train"))
+    assert groups >= 5
+    # A rank's share, one row group at a time (how the trainer validates): the rows of
+    # read_split, in its order, in pieces of at most a row group.
+    for rank in (0, 1):
+        pieces = list(iter_split(split_location(cfg, D, "train"), ("event_id", "hist_items"), rank, 2))
+        share = read_split(split_location(cfg, D, "train"), ("event_id", "hist_items"), rank, 2)
+        assert len(pieces) == len(range(rank, groups, 2)) and all(0 < len(p["event_id"]) <= 8 for p in pieces)
+        assert np.concatenate([p["event_id"] for p in pieces]).tolist() == share["event_id"].tolist()
+        assert np.concatenate([p["hist_items"] for p in pieces]).tolist() == share["hist_items"].tolist()
     by_event = {r[0]: r for r in rows}
     for event_id, score, user_dense, ts in zip(train["event_id"], train["als_score"], train["user_dense"],
                                                (by_event[e][10] for e in train["event_id"])):

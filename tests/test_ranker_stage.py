@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import day_folder
@@ -167,18 +168,32 @@ def test_the_run_holds_metrics_figures_inputs_and_a_challenger_version(trained):
     assert str(version.version) == summary["version"] and version.run_id == run.info.run_id
 
 
-def test_the_fitted_oracle_is_fitted_only_where_it_is_enabled(trained):
+def test_the_fitted_oracle_is_fitted_only_where_it_is_enabled(trained, monkeypatch):
+    from recpipe import splits
     from recpipe.config import load_config
     from recpipe.ranker.evaluate import fitted_oracle
-    from recpipe.ranker.fitted_oracle import COLUMNS
+    from recpipe.ranker.fitted_oracle import COLUMNS, fitted_oracle_scores
     from recpipe.splits import read_split, split_location
 
     from tests.conftest import LOCAL_CONF
 
     cfg, D, _ = trained
     test = read_split(split_location(cfg, D, "test"), COLUMNS)
+    reads = []
+    monkeypatch.setattr(splits, "read_split", lambda *a, **k: reads.append(k.get("last")) or read_split(*a, **k))
     fitted = fitted_oracle(cfg, D, test)
+    assert reads == [cfg.fitted_oracle.history_window] * 2  # train and valid, their window only
     assert fitted is not None and fitted.shape == test["label"].shape and ((fitted >= 0) & (fitted <= 1)).all()
+    # It reads only the last history_window positions of the histories (a fifth of the
+    # train split's memory on the driver), and its scores are those of the whole width.
+    window = cfg.fitted_oracle.history_window
+    full = {split: read_split(split_location(cfg, D, split), COLUMNS) for split in ("train", "valid")}
+    narrow = read_split(split_location(cfg, D, "train"), COLUMNS, last=window)
+    assert narrow["hist_items"].shape[1] == window < full["train"]["hist_items"].shape[1]
+    for name in ("hist_items", "hist_cats", "hist_brands"):
+        assert np.array_equal(narrow[name], full["train"][name][:, -window:])
+    np.testing.assert_allclose(fitted, fitted_oracle_scores(full["train"], full["valid"], test, cfg.fitted_oracle),
+                               rtol=0, atol=1e-6)
     off = load_config(LOCAL_CONF, [f"paths.root={cfg.paths.root}", *DATA, "fitted_oracle.enabled=false"])
     assert fitted_oracle(off, D, test) is None
 

@@ -268,6 +268,7 @@ class RankerConfig:
     seed: int
     shuffle_queue: int
     reader_workers: int
+    input_rows_per_file: int
     eval_batch_size: int
     num_processes: int
     local_mode: bool

@@ -16,7 +16,7 @@ stack the columns back into (rows, width) arrays; a split written with list colu
 from __future__ import annotations
 
 import datetime as dt
-from typing import Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -38,9 +38,10 @@ def wide_name(column: str, position: int) -> str:
     return f"{column}__{position:02d}"
 
 
-def stored_columns(available: Sequence[str], columns: Sequence[str]) -> list[str]:
+def stored_columns(available: Sequence[str], columns: Sequence[str], last: int = 0) -> list[str]:
     """The stored columns that hold `columns`: the column itself, else its wide columns in
-    position order; KeyError naming a column that is neither."""
+    position order (only the last `last` positions when it is above 0); KeyError naming a
+    column that is neither."""
     out = []
     for name in columns:
         if name in available:
@@ -49,18 +50,7 @@ def stored_columns(available: Sequence[str], columns: Sequence[str]) -> list[str
         wide = sorted(c for c in available if c.startswith(name + "__") and c[len(name) + 2:].isdigit())
         if not wide:
             raise KeyError(f"column {name!r} is not in the split (has {sorted(available)[:12]}...)")
-        out += sorted(wide, key=lambda c: int(c[len(name) + 2:]))
-    return out
-
-
-def stack_wide(arrays: Mapping[str, np.ndarray], columns: Sequence[str]) -> dict[str, np.ndarray]:
-    """`columns` from arrays keyed by stored column: wide columns stacked to (rows, width)."""
-    out = {}
-    for name in columns:
-        if name in arrays:
-            out[name] = arrays[name]
-        else:
-            out[name] = np.stack([arrays[c] for c in stored_columns(list(arrays), [name])], axis=1)
+        out += sorted(wide, key=lambda c: int(c[len(name) + 2:]))[-last if last > 0 else 0:]
     return out
 
 
@@ -84,40 +74,79 @@ def _fragments(location: str) -> list:
 
 
 def read_split(location: str, columns: Sequence[str] = (*TRAIN_COLUMNS, *EVAL_EXTRA),
-               rank: int = 0, world: int = 1) -> dict[str, np.ndarray]:
+               rank: int = 0, world: int = 1, last: int = 0) -> dict[str, np.ndarray]:
     """Every row of a split (or of this rank's share of its row groups), as numpy arrays.
 
     Row groups are dealt to ranks round-robin in a fixed order, so each row is read by
     exactly one rank (evaluation must see every row exactly once, unlike training).
-    Array columns become 2-D arrays.
+    Array columns become 2-D arrays, of their last `last` positions only when `last` > 0
+    (the histories' most recent entries: they are right-aligned).
     """
-    tables = []
+    return _to_numpy(_row_groups_of_rank(location, columns, rank, world, last), columns)
+
+
+def iter_split(location: str, columns: Sequence[str], rank: int = 0, world: int = 1
+               ) -> Iterator[dict[str, np.ndarray]]:
+    """The rows of `read_split`, in the same order, one row group at a time: a reader
+    holds one row group, whatever the size of the split."""
+    for table in _row_groups_of_rank(location, columns, rank, world):
+        yield _to_numpy([table], columns)
+
+
+def _row_groups_of_rank(location: str, columns: Sequence[str], rank: int, world: int, last: int = 0) -> Iterator:
+    """This rank's row groups (every `world`-th, in the order of the sorted file names) as
+    Arrow tables of the stored columns behind `columns` (see `stored_columns` for `last`)."""
     index = 0
     fragments = sorted(_fragments(location), key=lambda f: f.path)
-    stored = stored_columns(fragments[0].physical_schema.names, columns) if fragments else []
+    stored = stored_columns(fragments[0].physical_schema.names, columns, last) if fragments else []
     for fragment in fragments:
         for group in range(fragment.metadata.num_row_groups):
             if index % world == rank:
-                tables.append(fragment.subset(row_group_ids=[group]).to_table(columns=stored))
+                yield fragment.subset(row_group_ids=[group]).to_table(columns=stored)
             index += 1
-    return _to_numpy(tables, columns)
 
 
-def _to_numpy(tables: list, columns: Sequence[str]) -> dict[str, np.ndarray]:
+def _to_numpy(tables: Iterable, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """The tables' rows as numpy arrays keyed by `columns` (wide and list columns 2-D).
+    Each column is copied once into its array and its Arrow buffers are dropped right
+    after, so a read holds about two copies of the data at its peak, not three."""
     import pyarrow as pa
 
+    tables = list(tables)
     if not tables:
         return {c: np.empty(0) for c in columns}
     table = pa.concat_tables(tables)
+    del tables  # `table` now holds the only reference to the row groups' buffers
     out = {}
-    for name in stored_columns(table.column_names, columns):
-        column = table.column(name).combine_chunks()
-        if isinstance(column.type, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
-            width = len(column[0]) if len(column) else 0
-            out[name] = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width)
+    for name in columns:
+        stored = stored_columns(table.column_names, [name])
+        if stored == [name]:
+            out[name] = _column_to_numpy(table.column(name))
         else:
-            out[name] = column.to_numpy(zero_copy_only=False)
-    return stack_wide(out, columns)
+            out[name] = _stacked(table, stored)
+        table = table.drop_columns(stored)
+    return out
+
+
+def _column_to_numpy(column) -> np.ndarray:
+    """One Arrow column as a numpy array; a list column as (rows, width)."""
+    import pyarrow as pa
+
+    column = column.combine_chunks()
+    if isinstance(column.type, (pa.ListType, pa.LargeListType, pa.FixedSizeListType)):
+        width = len(column[0]) if len(column) else 0
+        return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), width)
+    return column.to_numpy(zero_copy_only=False)
+
+
+def _stacked(table, stored: Sequence[str]) -> np.ndarray:
+    """Wide columns of a table as one (rows, positions) array, filled a column at a time."""
+    first = _column_to_numpy(table.column(stored[0]))
+    out = np.empty((len(first), len(stored)), first.dtype)
+    out[:, 0] = first
+    for j, name in enumerate(stored[1:], start=1):
+        out[:, j] = _column_to_numpy(table.column(name))
+    return out
 
 
 def schema_columns(location: str) -> list[str]:

@@ -89,7 +89,7 @@ def window_inputs(arrays: Mapping[str, np.ndarray], window: int, sizes: tuple[in
     three) with their mask, and position, as tensors; ids outside the train vocabularies
     are 0 (an item unseen in training keeps its category and brand)."""
     def inside(name: str, size: int, last: bool = False) -> np.ndarray:
-        ids = np.asarray(arrays[name]).astype(np.int64)
+        ids = np.asarray(arrays[name]).astype(np.int32)  # embeddings take int32 ids: half the memory of int64
         ids = ids[:, -window:] if last else ids
         return np.where((ids > 0) & (ids < size), ids, 0)
 
@@ -101,7 +101,7 @@ def window_inputs(arrays: Mapping[str, np.ndarray], window: int, sizes: tuple[in
     return [torch.as_tensor(x) for x in (
         inside("item_idx", items), inside("cat_idx", cats), inside("brand_idx", brands),
         hist, inside("hist_cats", cats, last=True), inside("hist_brands", brands, last=True), real,
-        np.asarray(position, np.int64))]
+        np.asarray(position, np.int32))]
 
 
 @torch.no_grad()

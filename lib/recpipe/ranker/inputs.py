@@ -205,11 +205,13 @@ def read_factors(spark: SparkSession, cfg: Config, runs: Sequence[dt.date], tabl
 def write_ranker_input(frame: DataFrame, cfg: Config, date: dt.date, rows: Mapping[str, int], min_files: int,
                        observed: Mapping[str, tuple[Observation, Sequence[Column]]] | None = None) -> None:
     """Write each split of D like the samples: even files (so row groups) per split, none
-    above `features.row_group_mb`; a split without rows has its old folder removed.
-    `observed`: aggregates to compute while a split is written (see `write_splits`)."""
+    above `features.row_group_mb` nor `ranker.input_rows_per_file` rows (a training rank's
+    memory follows the size of its row groups); a split without rows has its old folder
+    removed. `observed`: aggregates to compute while a split is written (see `write_splits`)."""
     fc = cfg.features
+    rows_per_file = min(fc.max_records_per_file, cfg.ranker.input_rows_per_file)
     write_splits(frame, cfg, "ranker_input", date, rows, min_files=min_files,
-                 max_records_per_file=fc.max_records_per_file, row_group_mb=fc.row_group_mb, observed=observed)
+                 max_records_per_file=rows_per_file, row_group_mb=fc.row_group_mb, observed=observed)
 
 
 def build_ranker_input(spark: SparkSession, cfg: Config, date: dt.date, meta: Mapping, min_files: int) -> InputStats:

@@ -35,7 +35,7 @@ def check_config(rc: RankerConfig) -> None:
     if rc.attention_weighting not in WEIGHTINGS:
         raise bad("attention_weighting", f"must be one of {', '.join(WEIGHTINGS)}, got {rc.attention_weighting!r}")
     for key in ("item_embedding_dim", "cat_embedding_dim", "batch_size", "epochs", "num_processes",
-                "eval_batch_size", "reader_workers"):
+                "eval_batch_size", "reader_workers", "input_rows_per_file"):
         if getattr(rc, key) < 1:
             raise bad(key, "must be at least 1")
     if rc.batch_size % rc.num_processes:

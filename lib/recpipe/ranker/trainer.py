@@ -33,7 +33,7 @@ from recpipe.metrics import auc, logloss
 from recpipe.ranker import checkpoints, dist
 from recpipe.ranker.data import TrainStream, tensor_batches
 from recpipe.serving.model import RankerModel, build_model, model_inputs
-from recpipe.splits import FEATURES, LABEL, read_split
+from recpipe.splits import FEATURES, LABEL, iter_split
 
 log = logging.getLogger("recpipe.ranker.trainer")
 
@@ -159,7 +159,6 @@ class Trainer:
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.logger = RunLogger(job.tracking_uri, job.run_id, job.name)
         self.history: list[dict[str, float]] = []
-        self._valid: dict[str, np.ndarray] | None = None
         self.model: nn.Module = model  # wrapped after a resume has restored the weights
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -251,15 +250,18 @@ class Trainer:
     @torch.no_grad()
     def _evaluate(self) -> dict[str, float]:
         """Validation logloss and AUC over every valid row: each rank scores its share of
-        the row groups, rank 0 computes the metrics and shares them."""
+        the row groups, one row group at a time (a rank holds one, not its whole share),
+        and rank 0 computes the metrics and shares them."""
         if not self.job.valid_location:
             return {}
-        if self._valid is None:
-            self._valid = read_split(self.job.valid_location, (*FEATURES, LABEL), dist.rank(), dist.world_size())
         self.raw_model.eval()
-        scores = [torch.sigmoid(self.raw_model(*model_inputs(b)).float()).cpu().numpy()
-                  for b in self._batches_on_device(self._valid)]
-        local = (np.concatenate(scores) if scores else np.empty(0, np.float32), self._valid[LABEL])
+        scores, labels = [], []
+        for arrays in iter_split(self.job.valid_location, (*FEATURES, LABEL), dist.rank(), dist.world_size()):
+            scores += [torch.sigmoid(self.raw_model(*model_inputs(b)).float()).cpu().numpy()
+                       for b in self._batches_on_device(arrays)]
+            labels.append(arrays[LABEL])
+        local = (np.concatenate(scores) if scores else np.empty(0, np.float32),
+                 np.concatenate(labels) if labels else np.empty(0, np.float32))
         gathered = dist.gather_to_main(local)
         metrics = None
         if gathered is not None:
