@@ -43,14 +43,21 @@ def gate_frame(cfg, date, rows: int):
     import pandas as pd
 
     from recpipe.registry.promote import gate_rows
+    from recpipe.serving.consumer import consumer_frame
     from recpipe.runner import running
 
     with running(cfg, "gate-bench") as runner:
-        _, frame = gate_rows(runner.spark, cfg, date)
+        arrays, names = gate_rows(runner.spark, cfg, date)
+        frame = consumer_frame(arrays, names)
         runner.spark.stop()
     if rows > len(frame):
         frame = pd.concat([frame] * (rows // len(frame) + 1), ignore_index=True).iloc[:rows]
     return frame
+
+
+def gate_pieces(frame, rows_per_frame: int):
+    """The frame in the gate's pieces (`promote.gate_frames` builds them from the arrays)."""
+    return (frame.iloc[start:start + rows_per_frame] for start in range(0, len(frame), rows_per_frame))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     from recpipe.tracking import tracking_uri
 
     frame = gate_frame(cfg, date, args.rows)
+    per_frame = max(cfg.promote.rows_per_frame, cfg.promote.checked_rows)
     mlflow.set_tracking_uri(tracking_uri(cfg))
     version = promote.version_by_alias(promote.client_for(cfg), CHAMPION).version
     model = mlflow.pyfunc.load_model(f"models:/{RANKER_MODEL}/{version}")
@@ -72,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     errors: dict[str, str] = {}
     ways = {
         "consumer": lambda: model.predict(frame),
-        "gate": lambda: promote.predict(version, frame, errors, "champion", cfg.promote.checked_rows),
+        "gate": lambda: promote.predict({"champion": version}, gate_pieces(frame, per_frame), len(frame), errors,
+                                        cfg.promote.checked_rows)["champion"],
         "model_only": lambda: inner.predict(None, frame),
     }
     print(f"# D = {date}: {len(frame):,} gate rows, champion version {version}, "

@@ -401,23 +401,33 @@ def test_the_gate_scores_every_row_as_the_pyfunc_does_and_checks_its_first_rows_
     import mlflow
     import numpy as np
     from recpipe.registry import promote
+    from recpipe.serving.consumer import consumer_frame
     from recpipe.tracking import tracking_uri
 
     cfg, D = scenario["cfg"], scenario["D"]
-    _, frame = promote.gate_rows(spark, cfg, D)
+    arrays, names = promote.gate_rows(spark, cfg, D)
+    frame = consumer_frame(arrays, names)
     version = scenario["after_first"]["champion"]
     mlflow.set_tracking_uri(tracking_uri(cfg))
     errors: dict[str, str] = {}
-    gate = promote.predict(version, frame, errors, "challenger", checked_rows=20)
-    assert not errors and len(gate) == len(frame) > 20
-    assert gate == pytest.approx(mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}").predict(frame).to_numpy(),
-                                 abs=1e-6)
+    # The gate builds and scores its rows a frame of at most promote.rows_per_frame at a time.
+    frames = list(promote.gate_frames(arrays, names, 40))
+    assert len(frames) > 1 and all(len(f) <= 40 for f in frames)
+    # Each frame is built once and scored by every version.
+    gate = promote.predict({"challenger": version, "champion": version}, iter(frames), len(frame), errors,
+                           checked_rows=20)
+    assert not errors and len(gate["challenger"]) == len(frame) > 40
+    consumer = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}").predict(frame).to_numpy()
+    assert gate["challenger"] == pytest.approx(consumer, abs=1e-6)
+    assert gate["champion"] == pytest.approx(consumer, abs=1e-6)
 
     refused = frame.copy()
     refused.at[refused.index[5], "history"] = [1, 2]  # Array(string) in the signature
-    assert np.isfinite(promote.predict(version, refused, errors, "challenger", checked_rows=5)).all() and not errors
-    scores = promote.predict(version, refused, errors, "challenger", checked_rows=20)
-    assert np.isnan(scores).all() and "challenger" in errors and "schema" in errors["challenger"].lower()
+    scores = promote.predict({"challenger": version}, [refused], len(frame), errors, checked_rows=5)
+    assert np.isfinite(scores["challenger"]).all() and not errors
+    scores = promote.predict({"challenger": version}, [refused], len(frame), errors, checked_rows=20)
+    assert np.isnan(scores["challenger"]).all() and "challenger" in errors
+    assert "schema" in errors["challenger"].lower()
 
 
 def test_the_notebooks_run_top_to_bottom_on_a_nightly_root_and_draw(scenario, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 from recpipe.config import PromoteConfig
 from recpipe.registry.gate import Scored, decide, score_summary
 
-RULES = PromoteConfig(min_gauc_gain=0.01, min_auc_gain=0.0, split="test", checked_rows=1000)
+RULES = PromoteConfig(min_gauc_gain=0.01, min_auc_gain=0.0, split="test", checked_rows=1000, rows_per_frame=100_000)
 
 
 def scored(auc: float, gauc: float, nan: int = 0, coverage: float = 1.0) -> Scored:
@@ -70,6 +70,8 @@ def test_checking_no_row_against_the_signature_is_a_config_error(make_config):
 
     with pytest.raises(ConfigError, match="promote.checked_rows must be at least 1"):  # before any read
         promote.run(None, make_config("promote.checked_rows=0"), dt.date(2026, 11, 14))
+    with pytest.raises(ConfigError, match="promote.rows_per_frame must be at least 1"):
+        promote.run(None, make_config("promote.rows_per_frame=0"), dt.date(2026, 11, 14))
 
 
 def test_score_summary_counts_nan_rows_and_scores_the_rest():

@@ -299,6 +299,7 @@ class PromoteConfig:
     min_auc_gain: float
     split: str
     checked_rows: int
+    rows_per_frame: int
 
 
 @dataclass(frozen=True)

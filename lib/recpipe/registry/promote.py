@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 from pyspark.sql import SparkSession
@@ -87,6 +87,8 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     if cfg.promote.checked_rows < 1:
         raise ConfigError(f"promote.checked_rows must be at least 1, got {cfg.promote.checked_rows}: the gate scores "
                           "that many rows as a consumer calls the model, with MLflow's signature check")
+    if cfg.promote.rows_per_frame < 1:
+        raise ConfigError(f"promote.rows_per_frame must be at least 1, got {cfg.promote.rows_per_frame}")
     client = client_for(cfg)
     challenger = challenger_for(client, date)
     champion = version_by_alias(client, CHAMPION)
@@ -98,12 +100,14 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
         return {"decision": REJECTED, "challenger": challenger.version,
                 "champion": champion.version if champion else "none", "reason": "rolled back"}
 
-    arrays, frame = gate_rows(spark, cfg, date)
+    arrays, names = gate_rows(spark, cfg, date)
     labels, users = arrays["label"], arrays["user_idx"]
     errors: dict[str, str] = {}
     versions = {"challenger": challenger, **({"champion": champion} if champion is not None else {})}
-    scored = {who: score_summary(labels, users, predict(v.version, frame, errors, who, cfg.promote.checked_rows))
-              for who, v in versions.items()}
+    per_frame = max(cfg.promote.rows_per_frame, cfg.promote.checked_rows)  # the checked rows lie in the first frame
+    scores = predict({who: v.version for who, v in versions.items()}, gate_frames(arrays, names, per_frame),
+                     len(labels), errors, cfg.promote.checked_rows)
+    scored = {who: score_summary(labels, users, scores[who]) for who in versions}
     baselines = {name: score_summary(labels, users, values)
                  for name, values in baseline_scores(arrays, popularity_index(cfg.ranker, read_meta(cfg, date), date)).items()}
     decision = decide(scored["challenger"], scored.get("champion"), baselines, cfg.promote)
@@ -130,8 +134,9 @@ def run(spark: SparkSession, cfg: Config, date: dt.date) -> dict:
     }
 
 
-def gate_rows(spark: SparkSession, cfg: Config, date: dt.date):
-    """D's held-out rows: the arrays (labels, users, baselines) and the consumer frame."""
+def gate_rows(spark: SparkSession, cfg: Config, date: dt.date) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """D's held-out rows as arrays (labels, users, baselines and the networks' inputs) and
+    the item ids' names (`id_lookup`) that turn them into the consumer's frame."""
     location = split_location(cfg, date, cfg.promote.split)
     if not paths.exists(location):
         raise DataError(f"promote {date}: no '{cfg.promote.split}' split at {location}; run the train stage first")
@@ -139,34 +144,64 @@ def gate_rows(spark: SparkSession, cfg: Config, date: dt.date):
     if len(arrays["label"]) == 0:
         raise DataError(f"promote {date}: the '{cfg.promote.split}' split at {location} has no rows")
     vocabulary = read_vocabulary(spark, cfg, date)
-    names = id_lookup(vocabulary[ITEM_IDX].to_numpy(), vocabulary[ITEM_ID].astype(str).to_numpy())
-    return arrays, consumer_frame(arrays, names)
+    return arrays, id_lookup(vocabulary[ITEM_IDX].to_numpy(), vocabulary[ITEM_ID].astype(str).to_numpy())
 
 
-def predict(version: str, frame, errors: dict[str, str], who: str, checked_rows: int) -> np.ndarray:
-    """Scores of a registered version, loaded as consumers load it.
+def gate_frames(arrays: Mapping[str, np.ndarray], names: np.ndarray, rows_per_frame: int) -> Iterator:
+    """The consumer's DataFrame of the gate's rows, in order, `rows_per_frame` rows at a
+    time: one frame of every row would hold each row's ids and features as Python lists
+    in the driver at once (about 6 GB per million rows)."""
+    rows = len(arrays["label"])
+    for start in range(0, rows, rows_per_frame):
+        yield consumer_frame(arrays, names, np.arange(start, min(start + rows_per_frame, rows)))
 
-    The first `checked_rows` rows are scored through the loaded pyfunc's `predict`, as a
-    consumer calls it: MLflow checks them against the signature. Every row is then scored
-    by the same loaded model without that check, which converts each row's array columns
-    one by one (91 % of the consumer path's time on the gate's rows), and the checked rows
-    must score the same both ways. If the version cannot be loaded, fails to score or
-    disagrees with itself: NaN rows (so its scores are incomplete and nothing is
-    promoted), with the error kept under `errors[who]` for the version's tags.
+
+def predict(versions: Mapping[str, str], frames: Iterable, rows: int, errors: dict[str, str],
+            checked_rows: int) -> dict[str, np.ndarray]:
+    """Scores of registered versions (who → version) for the gate's `rows` rows, each
+    loaded as consumers load it; each frame is built once and scored by every version.
+
+    `frames` are consumer DataFrames of the rows in order (`gate_frames`). The first
+    `checked_rows` rows of the first frame are scored through the loaded pyfunc's
+    `predict`, as a consumer calls it: MLflow checks them against the signature. Every
+    row is then scored by the same loaded model without that check, which converts each
+    row's array columns one by one (91 % of the consumer path's time on the gate's rows),
+    and the checked rows must score the same both ways. A version that cannot be loaded,
+    fails to score or disagrees with itself gets NaN rows (so its scores are incomplete
+    and nothing is promoted), with the error kept under `errors[who]` for its tags.
     """
     import mlflow
 
-    try:
-        model = mlflow.pyfunc.load_model(f"models:/{RANKER_MODEL}/{version}")
-        checked = np.asarray(model.predict(frame.iloc[:checked_rows]), dtype=np.float64).reshape(-1)
-        out = np.asarray(model.unwrap_python_model().predict(None, frame), dtype=np.float64).reshape(-1)
-        if len(out) != len(frame) or not np.allclose(checked, out[:len(checked)], rtol=1e-5, atol=1e-6):
-            raise ValueError(f"{len(out)} scores for {len(frame)} rows, or scores of the first {len(checked)} rows "
-                             "differ between the pyfunc's predict and its model's")
-    except Exception as err:
-        log.error("%s version %s could not score the gate's rows: %s", who, version, err)
+    def failed(who: str, err: Exception) -> None:
+        log.error("%s version %s could not score the gate's rows: %s", who, versions[who], err)
         errors[who] = f"{type(err).__name__}: {err}"[:1000]
-        return np.full(len(frame), np.nan)
+
+    models, checked, scores = {}, {}, {}
+    for who, version in versions.items():
+        try:
+            models[who] = mlflow.pyfunc.load_model(f"models:/{RANKER_MODEL}/{version}")
+            checked[who], scores[who] = None, []
+        except Exception as err:
+            failed(who, err)
+    for frame in frames:
+        for who, model in list(models.items()):
+            try:
+                if checked[who] is None:
+                    checked[who] = np.asarray(model.predict(frame.iloc[:checked_rows]), dtype=np.float64).reshape(-1)
+                scores[who].append(np.asarray(model.unwrap_python_model().predict(None, frame),
+                                              dtype=np.float64).reshape(-1))
+            except Exception as err:
+                failed(who, err)
+                del models[who]
+    out = {who: np.full(rows, np.nan) for who in versions}
+    for who in models:
+        got = np.concatenate(scores[who]) if scores[who] else np.empty(0)
+        first = checked[who] if checked[who] is not None else np.empty(0)
+        if len(got) != rows or not np.allclose(first, got[:len(first)], rtol=1e-5, atol=1e-6):
+            failed(who, ValueError(f"{len(got)} scores for {rows} rows, or scores of the first {len(first)} rows "
+                                   "differ between the pyfunc's predict and its model's"))
+        else:
+            out[who] = got
     return out
 
 
