@@ -53,13 +53,19 @@ def ensure_nightly(args: argparse.Namespace, date: dt.date) -> None:
 
 
 class PeakRss:
-    """Samples the resident memory of this process and its children every 0.2 s."""
+    """Samples the resident memory of this process and its children every 0.2 s; `samples`
+    keeps each (wall-clock time, bytes) so that `peak_between` gives a part's peak."""
 
     def __init__(self):
         import psutil
 
         self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self.samples: list[tuple[float, int]] = []
         self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def peak_between(self, start: float, end: float) -> int:
+        """The largest sample taken from `start` to `end` (seconds since the epoch); 0 if none."""
+        return max((rss for at, rss in self.samples if start <= at <= end), default=0)
 
     def _sample(self):
         while not self._stop.is_set():
@@ -70,6 +76,7 @@ class PeakRss:
                 except Exception:
                     pass
             self.peak = max(self.peak, rss)
+            self.samples.append((time.time(), rss))
             time.sleep(0.2)
 
     def __enter__(self):

@@ -12,12 +12,14 @@ days - 2). A root whose nightly of D has finished is measured from what it logge
 
 Seconds per stage come from the nightly's own MLflow run (`recpipe-nightly`), D's lines
 from its clean marker; peak memory is the resident set of the whole process tree
-(driver JVM, Python workers, DDP ranks) sampled every 0.2 s over the whole script. Each
+(driver JVM, Python workers, DDP ranks) sampled every 0.2 s over the whole script, and
+over each of D's stages (`<stage>_peak_gb`, `nightly_peak_gb`: the samples inside the
+stage's window, which its log line gives; only for a root this run built). Each
 stage's seconds against the smallest size's show whether the cost grows faster than the
 data. `--date D` makes D the last generated day (`generate.start_date` = D - days + 1);
 by default D is the last day of the profile's `generate.start_date` and `--days`.
 
-Ends with `summary: <events>.lines=… <events>.<stage>_s=… <events>.nightly_s=… <events>.peak_rss_gb=… …`.
+Ends with `summary: <events>.lines=… <events>.<stage>_s=… <events>.nightly_s=… <events>.peak_rss_gb=… <events>.<stage>_peak_gb=… …`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import datetime as dt
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -84,6 +87,7 @@ def measure(args: argparse.Namespace, lines_per_day: int) -> dict[str, float]:
             subprocess.run(command, env=env, check=True, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
             figures["make_run_s"] = round(time.perf_counter() - started, 1)
         figures["peak_rss_gb"] = round(rss.peak / 2**30, 2)
+        figures.update(stage_peaks(rss, log.read_text(), date))
     seconds = {key.removesuffix("_seconds"): value for key, value in run_metrics(cfg, NIGHTLY_EXPERIMENT, date).items()}
     figures["lines"] = int(read_marker(cfg, date, "clean")["rows_in"])
     for stage in STAGES:
@@ -91,6 +95,22 @@ def measure(args: argparse.Namespace, lines_per_day: int) -> dict[str, float]:
             figures[f"{stage}_s"] = round(seconds[stage], 1)
     figures["nightly_s"] = round(seconds["total"], 1)
     return figures
+
+
+def stage_peaks(rss: PeakRss, log_text: str, date: dt.date) -> dict[str, float]:
+    """`<stage>_peak_gb` of each of D's stages and `nightly_peak_gb`, from the samples taken
+    between a stage's start and its end (the runner's `<stage> D: done in S s` line, its
+    time to the second, less S)."""
+    done = re.compile(rf"^(\S+ \S+) INFO recpipe\.runner: (\w+) {date}: done in ([\d.]+) s$", re.M)
+    windows = {}
+    for stamp, stage, seconds in done.findall(log_text):
+        end = dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").timestamp() + 1  # the log's second, rounded up
+        windows[stage] = (end - float(seconds) - 1, end)
+    peaks = {f"{stage}_peak_gb": round(rss.peak_between(*window) / 2**30, 2) for stage, window in windows.items()}
+    if windows:
+        whole = (min(w[0] for w in windows.values()), max(w[1] for w in windows.values()))
+        peaks["nightly_peak_gb"] = round(rss.peak_between(*whole) / 2**30, 2)
+    return peaks
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,6 +122,9 @@ def main(argv: list[str] | None = None) -> None:
     for size, figures in results.items():
         cells = " ".join(f"{figures.get(f'{s}_s', float('nan')):>9.1f}" for s in (*STAGES, "nightly"))
         print(f"{figures['lines']:>12,} {cells} {figures.get('peak_rss_gb', float('nan')):>8}")
+        if "nightly_peak_gb" in figures:
+            print(f"{'peak GB':>12} " + " ".join(f"{figures.get(f'{s}_peak_gb', float('nan')):>9}"
+                                                for s in (*STAGES, "nightly")))
     smallest = results[sizes[0]]
     for size, figures in list(results.items())[1:]:
         growth = figures["lines"] / smallest["lines"]
