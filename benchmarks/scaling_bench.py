@@ -19,7 +19,8 @@ stage's seconds against the smallest size's show whether the cost grows faster t
 data. `--date D` makes D the last generated day (`generate.start_date` = D - days + 1);
 by default D is the last day of the profile's `generate.start_date` and `--days`.
 
-Ends with `summary: <events>.lines=… <events>.<stage>_s=… <events>.nightly_s=… <events>.peak_rss_gb=… <events>.<stage>_peak_gb=… …`.
+Ends with `summary: <events>.lines=… <events>.<stage>_s=… <events>.nightly_s=… <events>.peak_rss_gb=…
+<events>.<stage>_peak_gb=… …`.
 """
 
 from __future__ import annotations

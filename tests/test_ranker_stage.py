@@ -169,24 +169,34 @@ def test_the_run_holds_metrics_figures_inputs_and_a_challenger_version(trained):
 
 
 def test_the_fitted_oracle_is_fitted_only_where_it_is_enabled(trained, monkeypatch):
+    import torch
+
     from recpipe import splits
     from recpipe.config import load_config
     from recpipe.ranker.evaluate import fitted_oracle
-    from recpipe.ranker.fitted_oracle import COLUMNS, fitted_oracle_scores
-    from recpipe.splits import read_split, split_location
+    from recpipe.ranker.fitted_oracle import COLUMNS, UNBOUNDED, fitted_oracle_scores, rows_of, rows_of_split
+    from recpipe.splits import iter_split, read_split, row_groups, split_location
 
     from tests.conftest import LOCAL_CONF
 
     cfg, D, _ = trained
     test = read_split(split_location(cfg, D, "test"), COLUMNS)
     reads = []
-    monkeypatch.setattr(splits, "read_split", lambda *a, **k: reads.append(k.get("last")) or read_split(*a, **k))
+    monkeypatch.setattr(splits, "iter_split", lambda *a, **k: reads.append(k.get("last")) or iter_split(*a, **k))
     fitted = fitted_oracle(cfg, D, test)
-    assert reads == [cfg.fitted_oracle.history_window] * 2  # train and valid, their window only
+    window = cfg.fitted_oracle.history_window
+    assert reads == [window] * 2  # train and valid, a row group at a time, their window only
     assert fitted is not None and fitted.shape == test["label"].shape and ((fitted >= 0) & (fitted <= 1)).all()
+    # Built a row group at a time, the train rows are those of the whole split read at once.
+    train_location = split_location(cfg, D, "train")
+    assert row_groups(train_location) >= 2
+    pieced = rows_of_split(train_location, window)
+    whole = rows_of(read_split(train_location, COLUMNS, last=window), window, UNBOUNDED)
+    assert len(pieced.inputs) == len(whole.inputs)
+    assert all(torch.equal(a, b) for a, b in zip(pieced.inputs, whole.inputs))
+    assert np.array_equal(pieced.labels, whole.labels)
     # It reads only the last history_window positions of the histories (a fifth of the
     # train split's memory on the driver), and its scores are those of the whole width.
-    window = cfg.fitted_oracle.history_window
     full = {split: read_split(split_location(cfg, D, split), COLUMNS) for split in ("train", "valid")}
     narrow = read_split(split_location(cfg, D, "train"), COLUMNS, last=window)
     assert narrow["hist_items"].shape[1] == window < full["train"]["hist_items"].shape[1]

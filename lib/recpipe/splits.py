@@ -85,11 +85,11 @@ def read_split(location: str, columns: Sequence[str] = (*TRAIN_COLUMNS, *EVAL_EX
     return _to_numpy(_row_groups_of_rank(location, columns, rank, world, last), columns)
 
 
-def iter_split(location: str, columns: Sequence[str], rank: int = 0, world: int = 1
+def iter_split(location: str, columns: Sequence[str], rank: int = 0, world: int = 1, last: int = 0
                ) -> Iterator[dict[str, np.ndarray]]:
     """The rows of `read_split`, in the same order, one row group at a time: a reader
     holds one row group, whatever the size of the split."""
-    for table in _row_groups_of_rank(location, columns, rank, world):
+    for table in _row_groups_of_rank(location, columns, rank, world, last):
         yield _to_numpy([table], columns)
 
 

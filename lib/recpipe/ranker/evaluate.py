@@ -99,19 +99,16 @@ def fitted_oracle(cfg: Config, date: dt.date, test: Mapping[str, np.ndarray]) ->
     """The fitted oracle's test probabilities, fitted on D's train rows with early stopping
     on its valid rows; None when `fitted_oracle.enabled` is off or there are no valid rows
     to stop on."""
-    from recpipe.ranker.fitted_oracle import COLUMNS, fitted_oracle_scores
-    from recpipe.splits import read_split, split_location
+    from recpipe.ranker.fitted_oracle import fitted_oracle_scores
+    from recpipe.splits import split_location
 
     if not cfg.fitted_oracle.enabled:
         return None
     valid_location = split_location(cfg, date, "valid")
     if not paths.exists(valid_location):
         return None
-    # It looks at the last `history_window` entries only: reading just those keeps the whole
-    # train split on the driver at a fifth of the memory.
-    window = cfg.fitted_oracle.history_window
-    train = read_split(split_location(cfg, date, "train"), COLUMNS, last=window)
-    return fitted_oracle_scores(train, read_split(valid_location, COLUMNS, last=window), test, cfg.fitted_oracle)
+    # From the split folders, a row group at a time: the driver holds the train rows once.
+    return fitted_oracle_scores(split_location(cfg, date, "train"), valid_location, test, cfg.fitted_oracle)
 
 
 def evaluate_and_plot(cfg: Config, date: dt.date, rc: RankerConfig, popularity: int,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ log = logging.getLogger("recpipe.ranker")
 
 COLUMNS = ("item_idx", "cat_idx", "brand_idx", "hist_items", "hist_cats", "hist_brands", "hist_len", "position",
            "label")
+UNBOUNDED = (2**31 - 1,) * 3  # vocabulary sizes that keep every id: the train rows define the vocabularies
 
 
 class ClickForm(nn.Module):
@@ -53,11 +54,6 @@ class ClickForm(nn.Module):
         self.position_decay = nn.Parameter(torch.tensor(0.0))
         self.empty_similarity = nn.Parameter(torch.tensor(0.0))
 
-    def sizes(self) -> tuple[int, int, int]:
-        """The item, category and brand vocabularies it was built for."""
-        return (self.vectors.num_embeddings, self.category_vectors.num_embeddings,
-                self.brand_vectors.num_embeddings)
-
     def vector(self, items: torch.Tensor, cats: torch.Tensor, brands: torch.Tensor) -> torch.Tensor:
         """Unit vectors: category + brand + residual, as the generator composes them."""
         return nn.functional.normalize(
@@ -76,12 +72,13 @@ class ClickForm(nn.Module):
                 - self.position_decay * slot)
 
 
-def vocabularies(train: Mapping[str, np.ndarray]) -> tuple[int, int, int]:
-    """1 + the largest item, category and brand index of the train rows."""
-    def top(*names: str) -> int:
-        return 1 + int(max(np.max(train[n], initial=0) for n in names))
+def vocabularies(inputs: list[torch.Tensor]) -> tuple[int, int, int]:
+    """1 + the largest item, category and brand index of the train rows' inputs (the
+    candidate's and the history's, see `window_inputs`)."""
+    def top(*ids: torch.Tensor) -> int:
+        return 1 + max((int(t.max()) for t in ids if t.numel()), default=0)
 
-    return top("item_idx", "hist_items"), top("cat_idx", "hist_cats"), top("brand_idx", "hist_brands")
+    return top(inputs[0], inputs[3]), top(inputs[1], inputs[4]), top(inputs[2], inputs[5])
 
 
 def window_inputs(arrays: Mapping[str, np.ndarray], window: int, sizes: tuple[int, int, int]) -> list[torch.Tensor]:
@@ -112,23 +109,51 @@ def predict(model: ClickForm, inputs: list[torch.Tensor], batch_size: int = 6553
     return np.concatenate(out).astype(np.float64) if out else np.empty(0)
 
 
-def fit(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], settings: FittedOracleConfig
-        ) -> tuple[ClickForm, dict[str, float]]:
-    """Fit the click form on `train`, keeping the epoch with the best valid AUC.
+class Rows(NamedTuple):
+    """A split's rows as the click form takes them: `window_inputs` and the labels."""
+    inputs: list[torch.Tensor]
+    labels: np.ndarray
+
+
+def rows_of(arrays: Mapping[str, np.ndarray], window: int, sizes: tuple[int, int, int]) -> Rows:
+    return Rows(window_inputs(arrays, window, sizes), np.asarray(arrays["label"], np.float32))
+
+
+def rows_of_split(location: str, window: int, sizes: tuple[int, int, int] = UNBOUNDED) -> Rows:
+    """`rows_of` a whole split, read and converted one row group at a time into tensors of
+    the split's size: the driver holds the split once, as tensors, not also as it was read
+    (at 7.4 M train rows a second 1.1 GB). Only the last `window` history positions are
+    read, a fifth of the stored width."""
+    from recpipe.splits import iter_split, parquet_rows, read_split
+
+    total, start, rows = parquet_rows(location), 0, None
+    for piece in iter_split(location, COLUMNS, last=window):
+        part = rows_of(piece, window, sizes)
+        if rows is None:
+            rows = Rows([torch.empty((total, *t.shape[1:]), dtype=t.dtype) for t in part.inputs],
+                        np.empty(total, np.float32))
+        end = start + len(part.labels)
+        for whole, tensor in zip(rows.inputs, part.inputs):
+            whole[start:end] = tensor
+        rows.labels[start:end] = part.labels
+        start = end
+    return rows if rows is not None else rows_of(read_split(location, COLUMNS, last=window), window, sizes)
+
+
+def fit(train: Rows, valid: Rows, settings: FittedOracleConfig) -> tuple[ClickForm, dict[str, float]]:
+    """Fit the click form on `train`, keeping the epoch with the best valid AUC; the
+    vocabularies are the train rows' (valid ids outside them must already be 0).
 
     Returns:
         The fitted model and `epochs` (trained), `best_epoch`, `valid_auc` (of the best).
     """
-    sizes = vocabularies(train)
     torch.manual_seed(settings.seed)
-    model = ClickForm(*sizes, settings.dim)
+    model = ClickForm(*vocabularies(train.inputs), settings.dim)
     optimizer = torch.optim.Adam([
         {"params": [p for n, p in model.named_parameters() if n != "item_bias.weight"], "weight_decay": 0.0},
         {"params": [model.item_bias.weight], "weight_decay": settings.bias_decay},
     ], lr=settings.learning_rate)
-    train_inputs = window_inputs(train, settings.history_window, sizes)
-    valid_inputs = window_inputs(valid, settings.history_window, sizes)
-    labels = torch.from_numpy(np.array(train["label"], np.float32))
+    labels = torch.from_numpy(train.labels)
     loss_fn = nn.BCEWithLogitsLoss()
     generator = torch.Generator().manual_seed(settings.seed)
     best = (-math.inf, 0, None)
@@ -138,11 +163,11 @@ def fit(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], settin
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(order), settings.batch_size):
             rows = order[start:start + settings.batch_size]
-            loss = loss_fn(model(*[t[rows] for t in train_inputs]), labels[rows])
+            loss = loss_fn(model(*[t[rows] for t in train.inputs]), labels[rows])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        score = auc(np.asarray(valid["label"]), predict(model, valid_inputs))
+        score = auc(valid.labels, predict(model, valid.inputs))
         if score > best[0]:
             best = (score, epoch, {k: v.clone() for k, v in model.state_dict().items()})
         elif epoch - best[1] >= settings.patience:
@@ -153,8 +178,16 @@ def fit(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], settin
     return model, {"epochs": float(epoch), "best_epoch": float(best[1]), "valid_auc": float(best[0])}
 
 
-def fitted_oracle_scores(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray],
+def fitted_oracle_scores(train: Mapping[str, np.ndarray] | str, valid: Mapping[str, np.ndarray] | str,
                          test: Mapping[str, np.ndarray], settings: FittedOracleConfig) -> np.ndarray:
-    """The fitted oracle's click probabilities for the test rows."""
-    model, _ = fit(train, valid, settings)
-    return predict(model, window_inputs(test, settings.history_window, model.sizes()))
+    """The fitted oracle's click probabilities for the test rows. `train` and `valid` are
+    rows in memory or split folders, read a row group at a time (`rows_of_split`)."""
+    window = settings.history_window
+
+    def rows(split: Mapping[str, np.ndarray] | str, sizes: tuple[int, int, int]) -> Rows:
+        return rows_of_split(split, window, sizes) if isinstance(split, str) else rows_of(split, window, sizes)
+
+    train_rows = rows(train, UNBOUNDED)
+    sizes = vocabularies(train_rows.inputs)
+    model, _ = fit(train_rows, rows(valid, sizes), settings)
+    return predict(model, window_inputs(test, window, sizes))
