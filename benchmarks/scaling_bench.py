@@ -14,7 +14,8 @@ Seconds per stage come from the nightly's own MLflow run (`recpipe-nightly`), D'
 from its clean marker; peak memory is the resident set of the whole process tree
 (driver JVM, Python workers, DDP ranks) sampled every 0.2 s over the whole script, and
 over each of D's stages (`<stage>_peak_gb`, `nightly_peak_gb`: the samples inside the
-stage's window, which its log line gives; only for a root this run built). Each
+stage's window, which its log line gives; only for a root this run built; the samples,
+seconds since the epoch and MiB, go to `<base>/events-<N>.rss.tsv` beside the log). Each
 stage's seconds against the smallest size's show whether the cost grows faster than the
 data. `--date D` makes D the last generated day (`generate.start_date` = D - days + 1);
 by default D is the last day of the profile's `generate.start_date` and `--days`.
@@ -89,6 +90,7 @@ def measure(args: argparse.Namespace, lines_per_day: int) -> dict[str, float]:
             figures["make_run_s"] = round(time.perf_counter() - started, 1)
         figures["peak_rss_gb"] = round(rss.peak / 2**30, 2)
         figures.update(stage_peaks(rss, log.read_text(), date))
+        log.with_suffix(".rss.tsv").write_text("".join(f"{at:.1f}\t{size >> 20}\n" for at, size in rss.samples))
     seconds = {key.removesuffix("_seconds"): value for key, value in run_metrics(cfg, NIGHTLY_EXPERIMENT, date).items()}
     figures["lines"] = int(read_marker(cfg, date, "clean")["rows_in"])
     for stage in STAGES:

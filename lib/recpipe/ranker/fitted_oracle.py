@@ -116,6 +116,7 @@ class Rows(NamedTuple):
 
 
 def rows_of(arrays: Mapping[str, np.ndarray], window: int, sizes: tuple[int, int, int]) -> Rows:
+    """Rows in memory as `Rows` (ids outside `sizes` become 0, see `window_inputs`)."""
     return Rows(window_inputs(arrays, window, sizes), np.asarray(arrays["label"], np.float32))
 
 
