@@ -141,15 +141,16 @@ def rows_of_split(location: str, window: int, sizes: tuple[int, int, int] = UNBO
     return rows if rows is not None else rows_of(read_split(location, COLUMNS, last=window), window, sizes)
 
 
-def fit(train: Rows, valid: Rows, settings: FittedOracleConfig) -> tuple[ClickForm, dict[str, float]]:
-    """Fit the click form on `train`, keeping the epoch with the best valid AUC; the
-    vocabularies are the train rows' (valid ids outside them must already be 0).
+def fit(train: Rows, valid: Rows, sizes: tuple[int, int, int], settings: FittedOracleConfig
+        ) -> tuple[ClickForm, dict[str, float]]:
+    """Fit the click form on `train`, keeping the epoch with the best valid AUC; `sizes`
+    are the train rows' `vocabularies` (valid ids outside them must already be 0).
 
     Returns:
         The fitted model and `epochs` (trained), `best_epoch`, `valid_auc` (of the best).
     """
     torch.manual_seed(settings.seed)
-    model = ClickForm(*vocabularies(train.inputs), settings.dim)
+    model = ClickForm(*sizes, settings.dim)
     optimizer = torch.optim.Adam([
         {"params": [p for n, p in model.named_parameters() if n != "item_bias.weight"], "weight_decay": 0.0},
         {"params": [model.item_bias.weight], "weight_decay": settings.bias_decay},
@@ -190,5 +191,5 @@ def fitted_oracle_scores(train: Mapping[str, np.ndarray] | str, valid: Mapping[s
 
     train_rows = rows(train, UNBOUNDED)
     sizes = vocabularies(train_rows.inputs)
-    model, _ = fit(train_rows, rows(valid, sizes), settings)
+    model, _ = fit(train_rows, rows(valid, sizes), sizes, settings)
     return predict(model, window_inputs(test, window, sizes))
